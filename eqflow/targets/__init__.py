@@ -1,0 +1,6 @@
+"""Target energies (reduced, ``[batch, n_atoms, dim] -> [batch]``) and the registry of named systems."""
+from .energy import Energy
+from .double_well import DoubleWell
+from .lennard_jones import LennardJones, lj13, lj55
+from .regularize import regularize_energy, finite_mask
+from .registry import TARGETS, make_target, register_target
