@@ -1,0 +1,199 @@
+"""Reference samples: storage format, loading, train/test split, and the particle-system cache.
+
+A reference set is CoM-free positions ``[n, N, dim]`` with their reduced energies ``[n]`` and a
+metadata dict (system, temperature, units, sampler, ...). On disk it is a ``.npz`` with arrays
+``positions`` and ``energies`` and the metadata as a JSON string under ``meta``. Molecular MD
+references (``.h5``, ``.dcd``) are read by :mod:`eqflow.evaluation.trajectory`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..geometry import remove_mean
+
+__all__ = [
+    "ReferenceData",
+    "save_reference",
+    "load_reference",
+    "split_reference",
+    "ensure_particle_reference",
+    "reference_path",
+]
+
+
+@dataclass
+class ReferenceData:
+    """Reference samples of a target.
+
+    Attributes
+    ----------
+    positions : ``[n, N, dim]`` CoM-free positions (float64 for particle systems).
+    energies : ``[n]`` reduced energies (kT).
+    meta : provenance (system, temperature or tau, n_atoms, dim, units, sampler, ...).
+    """
+
+    positions: torch.Tensor
+    energies: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.positions.dim() != 3:
+            raise ValueError(f"positions must be [n, N, dim], got {tuple(self.positions.shape)}")
+        if self.energies.shape != self.positions.shape[:1]:
+            raise ValueError(f"energies {tuple(self.energies.shape)} do not match positions "
+                             f"{tuple(self.positions.shape)}")
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+    def subset(self, idx) -> "ReferenceData":
+        """Rows ``idx`` (index tensor/array/slice) as a new ``ReferenceData`` sharing ``meta``."""
+        return ReferenceData(self.positions[idx], self.energies[idx], dict(self.meta))
+
+
+def _to_numpy(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def save_reference(path, positions, energies, meta: dict | None = None) -> Path:
+    """Write a reference ``.npz`` atomically (temp file in the same folder, then ``os.replace``).
+
+    Parameters
+    ----------
+    path : destination; parent folders are created.
+    positions : ``[n, N, dim]`` tensor or array (the CoM is removed before saving).
+    energies : ``[n]`` reduced energies.
+    meta : JSON-serializable metadata.
+
+    Returns
+    -------
+    The path written. A crash mid-write leaves any previous file intact and no partial file under
+    ``path``.
+    """
+    path = Path(path)
+    pos = _to_numpy(positions)
+    ene = _to_numpy(energies)
+    if pos.ndim != 3 or ene.shape != pos.shape[:1]:
+        raise ValueError(f"need positions [n, N, dim] and energies [n], got {pos.shape} and {ene.shape}")
+    pos = pos - pos.mean(axis=1, keepdims=True)
+    meta_json = json.dumps(meta or {}, sort_keys=True, default=str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, positions=pos, energies=ene, meta=np.array(meta_json))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_reference(path, **kwargs) -> ReferenceData:
+    """Load a reference set.
+
+    Parameters
+    ----------
+    path : ``.npz`` written by :func:`save_reference`, or ``.h5`` / ``.dcd`` MD output (delegated to
+        ``eqflow.evaluation.trajectory.load_md_reference(path, **kwargs)``).
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the path, if it does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"reference file not found: {path} (particle systems: generate it "
+                                "with scripts/make_reference.py or ensure_particle_reference)")
+    if path.suffix.lower() in (".h5", ".dcd"):
+        from ..evaluation.trajectory import load_md_reference
+        return load_md_reference(path, **kwargs)
+    with np.load(path, allow_pickle=False) as data:
+        positions = torch.from_numpy(data["positions"].copy())
+        energies = torch.from_numpy(data["energies"].copy())
+        meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+    return ReferenceData(positions, energies, meta)
+
+
+def split_reference(ref: ReferenceData, fraction: float = 0.8, seed: int = 0
+                    ) -> tuple[ReferenceData, ReferenceData]:
+    """Random split into ``(train, test)`` with ``round(fraction * n)`` training rows.
+
+    MCMC output is ordered by time, so rows are shuffled first (seeded) to keep the halves
+    statistically alike.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    n = len(ref)
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    k = int(round(fraction * n))
+    return ref.subset(perm[:k]), ref.subset(perm[k:])
+
+
+def reference_path(name: str, cache_dir="data_cache", seed: int = 0) -> Path:
+    """Cache location of a particle reference: ``<cache_dir>/<name>_mcmc_seed<seed>.npz``."""
+    return Path(cache_dir) / f"{name.lower()}_mcmc_seed{seed}.npz"
+
+
+def ensure_particle_reference(name: str, cache_dir="data_cache", n_samples: int | None = None,
+                              seed: int = 0, chains: int | None = None, progress: bool = True,
+                              path=None) -> Path:
+    """Return the cached MCMC reference for ``"dw4"``, ``"lj13"`` or ``"lj55"``, generating it if needed.
+
+    A cached file is reused when it holds at least ``n_samples`` samples (any size if ``n_samples``
+    is None); otherwise it is regenerated with :func:`eqflow.targets.mcmc.sample_particle_system`.
+
+    Parameters
+    ----------
+    name : particle system.
+    cache_dir : folder of the cache (relative paths are relative to the working directory).
+    n_samples, chains : sampler size (defaults: ``PARTICLE_MCMC_SETTINGS``).
+    seed : sampler seed; part of the file name.
+    path : explicit file name instead of the cache location.
+
+    Returns
+    -------
+    Path of the ``.npz`` file.
+    """
+    path = Path(path) if path is not None else reference_path(name, cache_dir, seed)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as data:
+            n_have = data["energies"].shape[0]
+        if n_samples is None or n_have >= n_samples:
+            return path
+    from ..targets.mcmc import sample_particle_system
+
+    res, target, cfg = sample_particle_system(name, n_samples=n_samples, chains=chains, seed=seed,
+                                              progress=progress)
+    meta = {
+        "system": name.lower(),
+        "tau": getattr(target, "tau", 1.0),
+        "temperature": getattr(target, "tau", 1.0),
+        "n_atoms": target.n_atoms,
+        "dim": target.dim,
+        "units": "dimensionless (reduced energy, tau = 1)",
+        "target": repr(target),
+        "sampler": "random-walk Metropolis, all-coordinate Gaussian moves projected to CoM-free subspace",
+        "acceptance": res.acceptance,
+        "step_size": res.step_size,
+        "chains": cfg["chains"],
+        "steps": cfg["n_steps"],
+        "burn_in": cfg["burn_in"],
+        "thin": cfg["thin"],
+        "n_samples": int(res.energies.shape[0]),
+        "seed": seed,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generator": "eqflow.distributions.reference.ensure_particle_reference",
+    }
+    return save_reference(path, remove_mean(res.samples), res.energies, meta)
