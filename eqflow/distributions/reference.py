@@ -193,6 +193,7 @@ def ensure_particle_reference(name: str, cache_dir="data_cache", n_samples: int 
         "thin": cfg["thin"],
         "n_samples": int(res.energies.shape[0]),
         "seed": seed,
+        "mean_energy_by_start": cfg.get("mean_energy_by_start"),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "generator": "eqflow.distributions.reference.ensure_particle_reference",
     }
