@@ -65,3 +65,22 @@ def test_dw4_small_run_is_bimodal():
     long = ((dist > 4.8) & (dist < 7)).float().mean()
     mid = ((dist > 3.6) & (dist < 4.4)).float().mean()
     assert short > 0.2 and long > 0.2 and mid < 0.1
+
+
+@pytest.mark.parametrize("lattice,n", [("cubic", 13), ("fcc", 13), ("fcc", 55)])
+def test_initial_positions_overlap_free(lattice, n):
+    gen = torch.Generator().manual_seed(0)
+    x = initial_particle_positions(n, 3, 8, 1.0, generator=gen, lattice=lattice)
+    assert x.shape == (8, n, 3) and is_com_free(x)
+    i, j = torch.triu_indices(n, n, 1)
+    assert (x[:, i] - x[:, j]).norm(dim=-1).min() > 0.5
+    if lattice == "fcc" and n == 13:  # close packed: near the LJ13 minimum (-44.3)
+        from eqflow.targets import lj13
+        assert lj13(oscillator=False).energy(x).mean() < -30
+
+
+def test_lj_run_reports_both_starts():
+    res, _, cfg = sample_particle_system("lj13", n_samples=40, chains=20, burn_in=20, thin=2, seed=0,
+                                         progress=False)
+    assert res.samples.shape == (40, 13, 3)
+    assert set(cfg["mean_energy_by_start"]) == {"close_packed", "loose_grid"}
