@@ -47,3 +47,17 @@ def make_target(name: str, **kwargs) -> Energy:
     return TARGETS[key](**kwargs)
 
 
+
+
+# Molecular systems (eqflow.targets.molecular). The factories return the OpenMMEnergy, which carries
+# topology, atom_types, n_atom_types, dihedrals and chiral_centers; OpenMM is imported only on use.
+def _alanine_dipeptide_energy(solvent: str) -> Callable[..., Energy]:
+    def factory(**kwargs) -> Energy:
+        from .molecular import alanine_dipeptide
+        return alanine_dipeptide(solvent, **kwargs).energy
+    factory.__name__ = f"ala2_{solvent}"
+    return factory
+
+
+register_target("ala2_vacuum", _alanine_dipeptide_energy("vacuum"))
+register_target("ala2_implicit", _alanine_dipeptide_energy("implicit"))
