@@ -4,3 +4,6 @@ from .double_well import DoubleWell
 from .lennard_jones import LennardJones, lj13, lj55
 from .regularize import regularize_energy, finite_mask
 from .registry import TARGETS, make_target, register_target
+# Molecular targets (OpenMM and mdtraj are imported only when a system is built).
+from .openmm_bridge import OpenMMEnergy
+from .molecular import MolecularSystem, alanine_dipeptide, alanine_dipeptide_pdb
