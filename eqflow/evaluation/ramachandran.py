@@ -70,12 +70,24 @@ def _weights(w, n):
     return w
 
 
-def _bootstrap(stat, n, n_bootstrap, seed):
+def _bootstrap(stat, n, n_bootstrap, seed, block=1):
+    # Moving-block bootstrap: for a correlated series (MD frames) resample contiguous blocks, so the
+    # spread reflects the correlation time; block=1 is the ordinary (iid) bootstrap.
     rng = np.random.default_rng(seed)
-    return np.array([stat(rng.integers(0, n, n)) for _ in range(n_bootstrap)])
+    block = max(1, min(int(block), n))
+    n_blocks = -(-n // block)
+    offsets = np.arange(block)
+
+    def draw():
+        if block == 1:
+            return rng.integers(0, n, n)
+        starts = rng.integers(0, n - block + 1, n_blocks)
+        return (starts[:, None] + offsets).ravel()[:n]
+
+    return np.array([stat(draw()) for _ in range(n_bootstrap)])
 
 
-def mode_populations(phi, psi, weights=None, n_bootstrap: int = 200, seed: int = 0
+def mode_populations(phi, psi, weights=None, n_bootstrap: int = 200, seed: int = 0, block: int = 1
                      ) -> dict[str, tuple[float, float]]:
     """Populations of the :data:`BASINS` with bootstrap standard deviations.
 
@@ -84,6 +96,7 @@ def mode_populations(phi, psi, weights=None, n_bootstrap: int = 200, seed: int =
     phi, psi : ``[B]`` radians
     weights : ``[B]`` non-negative importance weights (unnormalized) or None
     n_bootstrap : resamples of the B configurations (with their weights); 0 gives std = nan
+    block : block length for correlated samples (MD frames in time order); 1 for independent samples
 
     Returns
     -------
@@ -96,7 +109,8 @@ def mode_populations(phi, psi, weights=None, n_bootstrap: int = 200, seed: int =
     for name, m in masks.items():
         p = float(w[m].sum() / w.sum()) if n else float("nan")
         if n_bootstrap > 0 and n:
-            bs = _bootstrap(lambda i: w[i][m[i]].sum() / max(w[i].sum(), 1e-300), n, n_bootstrap, seed)
+            bs = _bootstrap(lambda i: w[i][m[i]].sum() / max(w[i].sum(), 1e-300), n, n_bootstrap, seed,
+                            block)
             std = float(bs.std(ddof=1))
         else:
             std = float("nan")
@@ -104,8 +118,11 @@ def mode_populations(phi, psi, weights=None, n_bootstrap: int = 200, seed: int =
     return out
 
 
-def delta_f(phi, weights=None, n_bootstrap: int = 200, seed: int = 0) -> tuple[float, float]:
+def delta_f(phi, weights=None, n_bootstrap: int = 200, seed: int = 0, block: int = 1
+            ) -> tuple[float, float]:
     """``ΔF = -ln(P(phi > 0) / P(phi < 0))`` in kT with a bootstrap standard deviation.
+
+    ``block`` > 1 resamples contiguous blocks (for time-ordered MD frames), see :func:`mode_populations`.
 
     Returns ``(inf, nan)`` when no (weighted) sample has phi > 0; bootstrap resamples with an empty
     half are left out of the std.
@@ -124,7 +141,7 @@ def delta_f(phi, weights=None, n_bootstrap: int = 200, seed: int = 0) -> tuple[f
         return float("inf") if w[pos].sum() == 0 else float("-inf"), float("nan")
     if n_bootstrap <= 0:
         return float(df), float("nan")
-    bs = _bootstrap(stat, n, n_bootstrap, seed)
+    bs = _bootstrap(stat, n, n_bootstrap, seed, block)
     bs = bs[np.isfinite(bs)]
     return float(df), float(bs.std(ddof=1)) if len(bs) > 1 else float("nan")
 

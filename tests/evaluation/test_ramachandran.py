@@ -82,3 +82,13 @@ def test_plot(tmp_path):
     path = plot_ramachandran({"model": (phi, psi, None), "reweighted": (phi, psi, rng.random(500)),
                               "reference": (phi, psi, None)}, str(tmp_path / "rama.png"))
     assert (tmp_path / "rama.png").stat().st_size > 1000 and path.endswith("rama.png")
+
+
+def test_block_bootstrap_sees_correlation():
+    # A series that switches basin every 100 frames: iid bootstrap underestimates the error.
+    phi = np.repeat(np.where(np.arange(40) % 4 == 0, 1.0, -1.0), 100)
+    _, iid = delta_f(phi, n_bootstrap=200)
+    _, blk = delta_f(phi, n_bootstrap=200, block=100)
+    assert blk > 3 * iid
+    p = mode_populations(phi, np.zeros_like(phi), n_bootstrap=50, block=100)["phi>0"]
+    assert p[0] == 0.25 and p[1] > 0.03
