@@ -26,6 +26,7 @@ import weakref
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 # The OpenMM side (Context building, evaluation, pool workers) lives in a torch-free module so that
 # spawned workers start quickly instead of importing torch.
@@ -112,6 +113,7 @@ class _OpenMMFunction(torch.autograd.Function):
         return u
 
     @staticmethod
+    @once_differentiable  # OpenMM gives no Hessian: a double backward raises instead of returning 0
     def backward(ctx, grad_out: torch.Tensor):
         (grad,) = ctx.saved_tensors
         return grad_out[:, None, None] * grad, None

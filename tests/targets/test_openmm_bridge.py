@@ -134,3 +134,11 @@ def test_bad_platform():
     m = alanine_dipeptide("vacuum")
     with pytest.raises(ValueError, match="platform"):
         OpenMMEnergy(m.system, 300.0, platform="CUDA-ish")
+
+
+def test_double_backward_raises():
+    m = alanine_dipeptide("vacuum", platform="Reference")
+    x = m.positions[None].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(m.energy(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)
