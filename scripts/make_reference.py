@@ -33,7 +33,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="regenerate even if the file exists")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1 is fastest for these small batched ops on a shared machine)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     path = args.out or reference_path(args.system, args.cache_dir, args.seed)
     if args.force and path.exists():
