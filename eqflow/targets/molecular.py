@@ -128,7 +128,7 @@ class MolecularSystem:
     """
 
     def __init__(self, pdb_path: str, forcefield=("amber99sbildn.xml",), temperature: float = 300.0,
-                 n_workers: int = 0, platform: str = "CPU", cpu_threads: int | None = 1,
+                 n_workers: int = 0, platform: str = "Reference", cpu_threads: int | None = 1,
                  atom_types: str = "name", implicit_solvent: bool = False):
         import mdtraj
         import openmm.app as app

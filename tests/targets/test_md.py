@@ -49,7 +49,7 @@ def test_replica_exchange_output_and_resume(mol, tmp_path):
         np.testing.assert_allclose(u, d["energies"], rtol=1e-8)
     assert json.load(open(js))["solvent"] == "vacuum"
 
-    # Interrupted after 3 cycles, then resumed: same frame count, identical frames before the stop.
+    # Interrupted after 4 cycles, then resumed: same frame count, identical frames before the stop.
     out2 = str(tmp_path / "resumed.h5")
     assert run_replica_exchange(mol.system, mol.topology, mol.positions.numpy(), out2, _cfg(),
                                 progress=False, stop_after_cycles=4) is None
