@@ -90,6 +90,10 @@ def save_reference(path, positions, energies, meta: dict | None = None) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, positions=pos, energies=ene, meta=np.array(meta_json))
+        # mkstemp creates 0600; give the file the permissions a plain open() would (umask applied).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
