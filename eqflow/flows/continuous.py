@@ -1,0 +1,131 @@
+"""Continuous normalizing flow on the CoM-free subspace, solved with torchdiffeq."""
+from __future__ import annotations
+
+import torch
+from torchdiffeq import odeint, odeint_adjoint
+
+from ..distributions import CoMFreeGaussian
+from ..geometry import assert_com_free, check_positions
+from .divergence import NOISE_TYPES, sample_noise
+from .dynamics import DIVERGENCES, AugmentedDynamics
+
+__all__ = ["ContinuousFlow", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS"]
+
+FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
+ADAPTIVE_SOLVERS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
+
+
+class ContinuousFlow(torch.nn.Module):
+    """Flow ``x = φ_1(z)``, ``dx/dt = v(t, x, h)``, from a CoM-free base at ``t=0`` to data at ``t=1``.
+
+    ``log q(x) = log p(z) - ∫_0^1 div v(t, x_t) dt``.
+
+    Parameters
+    ----------
+    field : equivariant vector field ``v(t [B], x [B, N, dim], h [B, N, F]) -> [B, N, dim]``
+    base : :class:`~eqflow.distributions.CoMFreeGaussian` (``MixtureFlow`` takes a mixture)
+    node_features : ``[N, F]`` invariant per-atom features passed to the field (atom types), or None
+    divergence : ``"exact"`` (``N·dim`` backward passes) or ``"hutchinson"`` (one, unbiased)
+    noise : Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; drawn once per solve
+    solver : fixed step ``euler | midpoint | rk4`` or adaptive ``dopri5 | bosh3 | adaptive_heun | dopri8``
+    n_steps : number of steps of a fixed-step solver
+    rtol, atol : tolerances of adaptive solvers
+    adjoint : backpropagate with the adjoint method (memory independent of the number of steps)
+    checkpoint : recompute each field evaluation in the backward pass instead of storing its graph:
+        exact gradients with the memory of one evaluation (about 1.3x the compute)
+    """
+
+    def __init__(self, field: torch.nn.Module, base: torch.nn.Module, node_features: torch.Tensor | None = None,
+                 divergence: str = "hutchinson", noise: str = "rademacher", solver: str = "rk4",
+                 n_steps: int = 20, rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False,
+                 checkpoint: bool = False):
+        super().__init__()
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
+        if noise not in NOISE_TYPES:
+            raise ValueError(f"unknown Hutchinson noise {noise!r}; choose one of {NOISE_TYPES}")
+        if solver not in FIXED_STEP_SOLVERS + ADAPTIVE_SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of "
+                             f"{FIXED_STEP_SOLVERS + ADAPTIVE_SOLVERS}")
+        if solver in FIXED_STEP_SOLVERS and n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1 for solver {solver!r}, got {n_steps}")
+        if checkpoint and adjoint:
+            raise ValueError("choose one of checkpoint=True and adjoint=True")
+        self.base = base
+        self.n_atoms, self.dim = base.n_atoms, base.dim
+        self.field = field
+        self.nfe = 0  # field evaluations of the last solve (forward pass only)
+        if node_features is not None:
+            node_features = torch.as_tensor(node_features, dtype=torch.get_default_dtype())
+            if node_features.shape[0] != self.n_atoms or node_features.dim() != 2:
+                raise ValueError(f"node_features must have shape [n_atoms={self.n_atoms}, F], "
+                                 f"got {tuple(node_features.shape)}")
+        self.register_buffer("node_features", node_features)
+        self.divergence, self.noise, self.solver, self.n_steps = divergence, noise, solver, int(n_steps)
+        self.rtol, self.atol, self.adjoint, self.checkpoint = rtol, atol, adjoint, checkpoint
+
+    # -- solving ------------------------------------------------------------------------------
+    def _node_features(self, b: int, extra: torch.Tensor | None = None) -> torch.Tensor | None:
+        parts = []
+        if self.node_features is not None:
+            parts.append(self.node_features[None].expand(b, -1, -1))
+        if extra is not None:
+            parts.append(extra)
+        return torch.cat(parts, dim=-1) if parts else None
+
+    def _solve(self, dyn: AugmentedDynamics, state, t0: float, t1: float):
+        dtype, device = state[0].dtype, state[0].device
+        fixed = self.solver in FIXED_STEP_SOLVERS
+        if fixed:
+            ts = torch.linspace(t0, t1, self.n_steps + 1, dtype=dtype, device=device)
+            kw = dict(method=self.solver)
+        else:
+            ts = torch.tensor([t0, t1], dtype=dtype, device=device)
+            kw = dict(method=self.solver, rtol=self.rtol, atol=self.atol)
+        if self.adjoint and torch.is_grad_enabled():
+            # Adjoint in the field's parameters only: base parameters get gradients through z.
+            out = odeint_adjoint(dyn, state, ts, adjoint_params=tuple(self.field.parameters()), **kw)
+            return tuple(s[-1] for s in out)
+        out = odeint(dyn, state, ts, **kw)
+        return tuple(s[-1] for s in out)
+
+    def integrate(self, x: torch.Tensor, t0: float, t1: float, h_extra: torch.Tensor | None = None,
+                  divergence: str | None = "default"):
+        """Solve from ``t0`` to ``t1`` starting at ``x`` ``[B, N, dim]``.
+
+        Returns ``(x_t1 [B, N, dim], ∫_{t0}^{t1} div v dt [B])`` (zeros where ``divergence=None``).
+        """
+        divergence = self.divergence if divergence == "default" else divergence
+        if divergence is not None and divergence not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES} or None")
+        b = x.shape[0]
+        noise = (sample_noise(x.shape, self.noise, x.dtype, x.device) if divergence == "hutchinson" else None)
+        dyn = AugmentedDynamics(self.field, self.n_atoms, self.dim, self._node_features(b, h_extra),
+                                divergence, noise, checkpoint=self.checkpoint)
+        state = (x.reshape(b, -1), torch.zeros(b, dtype=x.dtype, device=x.device))
+        xf, delta = self._solve(dyn, state, t0, t1)
+        self.nfe = dyn.nfe
+        return xf.view(b, self.n_atoms, self.dim), delta
+
+    # -- public API ---------------------------------------------------------------------------
+    def sample(self, n: int, with_log_prob: bool = True, divergence: str | None = "default"):
+        """Draw ``n`` samples. Returns ``(x [n, N, dim], log_q [n])`` (``log_q`` None if skipped).
+
+        Reparameterized: under autograd, gradients flow from ``x`` and ``log_q`` to the parameters.
+        """
+        z = self.base.sample(n)
+        log_pz = self.base.log_prob(z)
+        div = divergence if with_log_prob else None
+        x, delta = self.integrate(z, 0.0, 1.0, divergence=div)
+        return x, (log_pz - delta if with_log_prob else None)
+
+    def log_prob(self, x: torch.Tensor, divergence: str | None = "default") -> torch.Tensor:
+        """``log q(x)`` ``[B]`` of CoM-free ``x`` ``[B, N, dim]`` by a reverse solve."""
+        check_positions(x, self.n_atoms, self.dim)
+        assert_com_free(x)
+        z, delta = self.integrate(x, 1.0, 0.0, divergence=divergence)
+        # Integrating t: 1 -> 0 gives delta = -∫_0^1 div dt.
+        return self.base.log_prob(z) + delta
+
+    def forward(self, n: int):
+        return self.sample(n)

@@ -1,0 +1,66 @@
+"""ODE right-hand side of a continuous flow, augmented with the divergence."""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .divergence import exact_divergence, hutchinson_divergence
+
+__all__ = ["AugmentedDynamics", "DIVERGENCES"]
+
+DIVERGENCES = ("exact", "hutchinson")
+
+
+class AugmentedDynamics(torch.nn.Module):
+    """``d/dt (x, Δ) = (v(t, x, h), div v)`` on flattened states ``([B, N·dim], [B])``.
+
+    The solver boundary is the only place positions are flat. One instance per solve binds the
+    node features ``h``, the divergence mode (``None`` to skip it) and, for Hutchinson, the
+    ``noise``, which so stays fixed across all solver stages, checkpoint recomputations and the
+    adjoint pass. When autograd is off (evaluation) no graph outlives one evaluation: the
+    divergence's graph is built locally and dropped, so memory does not grow with the number of steps.
+    """
+
+    def __init__(self, field: torch.nn.Module, n_atoms: int, dim: int, h: torch.Tensor | None = None,
+                 divergence: str | None = "exact", noise: torch.Tensor | None = None,
+                 checkpoint: bool = False):
+        super().__init__()
+        if divergence not in DIVERGENCES + (None,):
+            raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES} or None")
+        if divergence == "hutchinson" and noise is None:
+            raise ValueError("Hutchinson divergence needs its noise tensor")
+        self.field = field
+        self.n_atoms, self.dim = n_atoms, dim
+        self.h, self.divergence, self.noise, self.checkpoint = h, divergence, noise, checkpoint
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, state):
+        xf = state[0]
+        b = xf.shape[0]
+        x = xf.view(b, self.n_atoms, self.dim)
+        tb = t.to(xf.dtype).expand(b)
+        self.nfe += 1
+        if self.divergence is None:
+            v = self.field(tb, x, self.h)
+            return v.flatten(1), torch.zeros_like(state[1])
+        keep_graph = torch.is_grad_enabled()
+        if keep_graph and self.checkpoint:
+            # Only x and t are stored; the field's graph is rebuilt during the backward pass, so
+            # training memory is that of one evaluation, whatever the number of steps.
+            v, div = checkpoint(self._evaluate, tb, x, True, use_reentrant=False)
+        else:
+            v, div = self._evaluate(tb, x, keep_graph)
+        return v.flatten(1), div
+
+    def _evaluate(self, t: torch.Tensor, x: torch.Tensor, keep_graph: bool):
+        with torch.enable_grad():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            v = self.field(t, x, self.h)
+            if self.divergence == "exact":
+                div = exact_divergence(v, x, create_graph=keep_graph)
+            else:
+                div = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph)
+        if not keep_graph:
+            v, div = v.detach(), div.detach()
+        return v, div
