@@ -1,0 +1,127 @@
+"""Evaluate a generator against the target and reference samples: metrics, plots, summary table."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import distance_histogram_distance, energy_w1, ess, log_weights, nll, self_normalized_weights
+
+__all__ = ["evaluate_generator", "format_summary", "energies_in_batches"]
+
+
+def energies_in_batches(target, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Raw reduced energies ``[n]`` of ``x`` ``[n, N, dim]`` without autograd."""
+    with torch.no_grad():
+        return torch.cat([target.energy(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def _is_molecule(target) -> bool:
+    return getattr(target, "dihedrals", None) is not None and getattr(target, "topology", None) is not None
+
+
+def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None = None,
+                       nll_samples: int | None = None, plots: bool = True, progress: bool = False) -> dict:
+    """All DESIGN.md metrics of a :class:`~eqflow.generator.Generator`.
+
+    Parameters
+    ----------
+    gen : generator (flow + target + config)
+    reference : held-out :class:`~eqflow.distributions.ReferenceData` (test split) or None
+    out_dir : folder for plots (``energy_hist.png``, ``distance_hist.png`` or ``ramachandran.png``)
+    n_samples : model samples (default ``eval.n_samples``)
+    nll_samples : reference samples scored for the NLL (default ``eval.nll_samples``)
+
+    Returns
+    -------
+    dict of floats: ``ess``, ``n_nonfinite``, ``mean_energy``, ``energy_w1_raw``, ``energy_w1_reweighted``,
+    ``nll``, ``distance_tv_raw``, ``distance_tv_reweighted`` and, for molecules, ``d_fraction``,
+    ``p_phi_pos``, ``delta_f`` (with ``_std``) raw and reweighted, basin populations and
+    ``rama_kl`` — the reference's own values alongside (``ref_*``).
+    """
+    cfg = gen.config
+    n_samples = n_samples or cfg.eval.n_samples
+    nll_samples = cfg.eval.nll_samples if nll_samples is None else nll_samples
+    x, log_q = gen.sample(n_samples, progress=progress)
+    molecule = _is_molecule(gen.target)
+    out = {"n_samples": n_samples}
+    if molecule:
+        from .chirality import fold_to_l
+        center, neighbors = gen.target.chiral_centers[0]
+        x, log_q, frac_d = fold_to_l(x, log_q, center=center, neighbors=tuple(neighbors))
+        out["d_fraction"] = frac_d
+    u = energies_in_batches(gen.target, x, cfg.eval.batch_size)
+    log_w, n_bad = log_weights(u, log_q, return_count=True)
+    w = self_normalized_weights(log_w)
+    finite_u = u[torch.isfinite(u)]
+    out.update(ess=ess(log_w), n_nonfinite=n_bad,
+               mean_energy=float(finite_u.mean()) if len(finite_u) else float("nan"),
+               mean_energy_reweighted=float(np.nansum(w * np.where(np.isfinite(u.numpy()), u.numpy(), 0.0))))
+    if reference is not None and len(reference):
+        u_ref = reference.energies
+        ok = torch.isfinite(u).numpy()
+        out["ref_mean_energy"] = float(u_ref.mean())
+        out["energy_w1_raw"] = energy_w1(u.numpy()[ok], u_ref)
+        out["energy_w1_reweighted"] = energy_w1(u.numpy()[ok], u_ref, weights=w[ok])
+        out["distance_tv_raw"] = distance_histogram_distance(x, reference.positions)
+        out["distance_tv_reweighted"] = distance_histogram_distance(x, reference.positions, weights=w)
+        if nll_samples:
+            xr = reference.positions[:nll_samples]
+            lq_ref = gen.log_prob(xr)
+            if molecule:  # the reference is L only; the folded model density on the L half is 2q
+                lq_ref = lq_ref + math.log(2.0)
+            out["nll"] = nll(lq_ref)
+    if molecule:
+        out.update(_molecular_metrics(gen, x, w, reference, out_dir if plots else None))
+    if plots and out_dir is not None:
+        from .plots import plot_distance_histograms, plot_energy_histograms
+        out_dir = Path(out_dir)
+        if reference is not None and len(reference):
+            plot_energy_histograms(u, log_w, reference.energies, out_dir / "energy_hist.png")
+            if not molecule:
+                plot_distance_histograms(x, log_w, reference.positions, out_dir / "distance_hist.png")
+    return out
+
+
+def _molecular_metrics(gen, x, w, reference, out_dir) -> dict:
+    from .ramachandran import delta_f, mode_populations, phi_psi, plot_ramachandran, ramachandran_kl
+    dih = gen.target.dihedrals
+    phi, psi = phi_psi(x, phi=dih["phi"], psi=dih["psi"])
+    res = {}
+    for tag, weights in (("raw", None), ("reweighted", w)):
+        df, df_std = delta_f(phi, weights)
+        res[f"delta_f_{tag}"], res[f"delta_f_{tag}_std"] = df, df_std
+        for name, (p, s) in mode_populations(phi, psi, weights).items():
+            res[f"pop_{name}_{tag}"] = p
+    panels = {"model (raw)": (phi, psi, None), "model (reweighted)": (phi, psi, w)}
+    if reference is not None and len(reference):
+        phi_r, psi_r = phi_psi(reference.positions, phi=dih["phi"], psi=dih["psi"])
+        res["ref_delta_f"], res["ref_delta_f_std"] = delta_f(phi_r, block=50)
+        for name, (p, s) in mode_populations(phi_r, psi_r, block=50).items():
+            res[f"ref_pop_{name}"] = p
+        res["rama_kl_raw"] = ramachandran_kl(phi, psi, None, phi_r, psi_r)
+        res["rama_kl_reweighted"] = ramachandran_kl(phi, psi, w, phi_r, psi_r)
+        panels["reference (MD)"] = (phi_r, psi_r, None)
+    if out_dir is not None:
+        plot_ramachandran(panels, str(Path(out_dir) / "ramachandran.png"))
+    return res
+
+
+def format_summary(metrics: dict, title: str = "eqflow summary") -> str:
+    """A two-column text table of ``metrics`` (floats to 4 significant digits)."""
+    width = max([len(k) for k in metrics] + [10])
+    lines = [title, "-" * (width + 16)]
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            v = "nan" if math.isnan(v) else f"{v:.4g}"
+        lines.append(f"{k:<{width}}  {v}")
+    return "\n".join(lines)
+
+
+def save_summary(metrics: dict, path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(metrics, indent=2, default=float))
+    return path

@@ -1,0 +1,45 @@
+import pytest
+
+from eqflow.config import ConfigError, apply_overrides, config_from_dict, load_config
+
+
+def test_shipped_configs_load():
+    for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml"]:
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg.train.steps > 0
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="'train.lrr'"):
+        config_from_dict({"train": {"lrr": 1e-3}})
+    with pytest.raises(ConfigError, match="'optim'"):
+        config_from_dict({"optim": {}})
+
+
+def test_wrong_types_and_values_are_named():
+    with pytest.raises(ConfigError, match="'train.steps' must be int"):
+        config_from_dict({"train": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="'train.steps' must be int"):
+        config_from_dict({"train": {"steps": 1.5}})
+    with pytest.raises(ConfigError, match="'flow.solver' must be one of"):
+        config_from_dict({"flow": {"solver": "rk45"}})
+    with pytest.raises(ConfigError, match="'flow.adjoint' must be bool"):
+        config_from_dict({"flow": {"adjoint": "yes"}})
+    with pytest.raises(ConfigError, match="'train.lr' must be positive"):
+        config_from_dict({"train": {"lr": -1}})
+    with pytest.raises(ConfigError, match="base_scale"):
+        config_from_dict({"flow": {"n_components": 2, "base_scale": [1.0]}})
+
+
+def test_overrides_parse_and_check():
+    cfg = apply_overrides(config_from_dict({}), ["train.lr=3e-4", "flow.n_steps=5", "target.kwargs.tau=2"])
+    assert cfg.train.lr == 3e-4 and cfg.flow.n_steps == 5 and cfg.target.kwargs == {"tau": 2}
+    with pytest.raises(ConfigError, match="'train.nope'"):
+        apply_overrides(cfg, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides(cfg, ["train.lr"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")

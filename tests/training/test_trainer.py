@@ -1,0 +1,143 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from eqflow import load_checkpoint
+from eqflow.builders import build_flow, build_target
+from eqflow.config import config_from_dict
+from eqflow.training import Trainer, reverse_kl_loss, run_training, save_checkpoint_atomic
+
+TINY = {
+    "target": {"name": "dw4", "reference": None},
+    "field": {"hidden": 8, "n_layers": 2},
+    "flow": {"solver": "rk4", "n_steps": 2, "base_scale": 2.0},
+    "train": {"steps": 6, "batch_size": 32, "lr": 1e-2, "checkpoint_every": 3, "log_every": 1,
+              "lr_schedule": "constant"},
+    "eval": {"n_samples": 64, "batch_size": 64, "nll_samples": 0},
+}
+
+
+def tiny_cfg(**train):
+    d = json.loads(json.dumps(TINY))
+    d["train"].update(train)
+    return config_from_dict(d)
+
+
+def make_trainer(cfg, out):
+    torch.manual_seed(cfg.train.seed)
+    target = build_target(cfg)
+    return Trainer(cfg, build_flow(cfg, target), target, out, progress=False)
+
+
+def losses(path):
+    return [json.loads(line)["loss"] for line in open(path)]
+
+
+def test_resume_continues_identically(tmp_path):
+    full = make_trainer(tiny_cfg(), tmp_path / "full")
+    full.train()
+    ref = losses(full.metrics_path)
+
+    part = make_trainer(tiny_cfg(steps=3), tmp_path / "part")
+    part.train()
+    resumed = make_trainer(tiny_cfg(), tmp_path / "part")
+    resumed.load()
+    assert resumed.step == 3
+    resumed.train()
+    assert np.allclose(losses(resumed.metrics_path), ref, rtol=0, atol=1e-6)
+
+
+def test_checkpoint_round_trip_and_generator(tmp_path):
+    tr = make_trainer(tiny_cfg(steps=2), tmp_path)
+    tr.train()
+    gen = load_checkpoint(tmp_path)
+    assert gen.target.n_atoms == 4
+    for a, b in zip(gen.flow.state_dict().values(), tr.flow.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.manual_seed(0)
+    x, log_q = gen.sample(16, divergence="exact")
+    assert x.shape == (16, 4, 2) and log_q.shape == (16,)
+    assert torch.allclose(gen.log_prob(x, divergence="exact"), log_q, atol=2e-2)
+
+
+def test_atomic_save_keeps_old_file_when_write_fails(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint_atomic({"a": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint_atomic({"a": Unpicklable()}, path)
+    assert torch.load(path, weights_only=False) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_killed_run_leaves_loadable_checkpoint(tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    import yaml
+    d = json.loads(json.dumps(TINY))
+    d["train"].update(steps=100000, checkpoint_every=1)
+    cfg_path.write_text(yaml.safe_dump(d))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.argv = ["train_eq.py", "--config", r"{cfg_path}", "--out", r"{tmp_path / 'run'}", "--no-progress"]
+        exec(open("scripts/train_eq.py").read())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    ck = tmp_path / "run" / "checkpoint.pt"
+    import time
+    t0 = time.time()
+    while time.time() - t0 < 120 and not (ck.exists() and torch.load(ck, weights_only=False)["step"] >= 3):
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    gen = load_checkpoint(ck)
+    state = torch.load(ck, weights_only=False)
+    assert state["step"] >= 3
+    x, _ = gen.sample(4, with_log_prob=False)
+    assert torch.isfinite(x).all()
+
+
+def test_reverse_kl_training_lowers_the_loss(tmp_path):
+    cfg = tiny_cfg(steps=40, lr=5e-3, batch_size=64)
+    tr = make_trainer(cfg, tmp_path)
+    torch.manual_seed(123)
+    before = np.mean([float(reverse_kl_loss(tr.flow, tr.target, 256)[0].detach()) for _ in range(2)])
+    tr.train()
+    torch.manual_seed(123)
+    after = np.mean([float(reverse_kl_loss(tr.flow, tr.target, 256)[0].detach()) for _ in range(2)])
+    assert after < before - 1.0
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    tr = make_trainer(tiny_cfg(steps=2), tmp_path)
+    tr.compute_loss = lambda: (torch.tensor(float("nan"), requires_grad=True), {})
+    before = [p.detach().clone() for p in tr.flow.parameters()]
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        tr.train()
+    assert tr.n_skipped == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.flow.parameters()))
+
+
+def test_run_training_writes_run_folder(tmp_path):
+    d = json.loads(json.dumps(TINY))
+    d["target"]["reference"] = "auto"
+    d["target"]["reference_cache"] = str(tmp_path / "cache")
+    d["eval"].update(nll_samples=32)
+    cfg = config_from_dict(d)
+    # A small reference instead of the default-size MCMC run.
+    from eqflow.distributions import ensure_particle_reference
+    ensure_particle_reference("dw4", cache_dir=tmp_path / "cache", n_samples=500, chains=50, progress=False)
+    summary = run_training(cfg, tmp_path / "run", progress=False)
+    for name in ["config.yaml", "checkpoint.pt", "metrics.jsonl", "summary.json", "training_curves.png",
+                 "energy_hist.png", "distance_hist.png"]:
+        assert (tmp_path / "run" / name).exists(), name
+    for key in ["ess", "energy_w1_raw", "energy_w1_reweighted", "nll", "distance_tv_reweighted"]:
+        assert np.isfinite(summary[key]), key
