@@ -90,6 +90,8 @@ class EvalConfig:
     divergence: str = "exact"     # exact log-densities for evaluation (hutchinson for large systems)
     nll_samples: int = 2000       # held-out reference samples for the NLL
     test_fraction: float = 0.2    # reference split: this fraction is held out for evaluation
+    val_every: int = 0            # log the NLL of held-out reference samples every this many steps (0: off)
+    val_samples: int = 200        # held-out samples scored at each validation
 
 
 @dataclass

@@ -61,7 +61,14 @@ def plot_training_curves(metrics_records, path) -> Path:
     ax_l.set_xlabel("step")
     ax_l.set_ylabel("loss")
     ax_l.set_title("training loss")
+    s, v = _column(metrics_records, "val_nll")
+    if v.size:  # held-out NLL on its own axis: it has another offset than the loss
+        ax_v = ax_l.twinx()
+        ax_v.plot(s, v, color="C3", marker="o", ms=3, lw=1)
+        ax_v.set_ylabel("held-out NLL", color="C3")
     s, e = _column(metrics_records, "ess")
+    if not e.size:  # the trainer logs the ESS of each training batch
+        s, e = _column(metrics_records, "ess_batch")
     if e.size:
         ax_e.plot(s, e, marker="o", ms=3, lw=1)
     ax_e.set_ylim(0, 1)

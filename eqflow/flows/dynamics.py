@@ -54,7 +54,9 @@ class AugmentedDynamics(torch.nn.Module):
 
     def _evaluate(self, t: torch.Tensor, x: torch.Tensor, keep_graph: bool):
         with torch.enable_grad():
-            if not x.requires_grad:
+            # Without a graph to keep (evaluation, or the forward pass of the adjoint method) x is cut
+            # loose: its requires_grad flag may be set while grad mode was off, linking it to nothing.
+            if not keep_graph or not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             v = self.field(t, x, self.h)
             if self.divergence == "exact":

@@ -75,7 +75,9 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         train_ref, test_ref = resolve_reference(cfg, target)
         if train_ref is not None:
             train_ref.positions = train_ref.positions.to(_dtype(cfg))
-        trainer = Trainer(cfg, flow, target, out_dir, train_data=train_ref, progress=progress)
+        if test_ref is not None:
+            test_ref.positions = test_ref.positions.to(_dtype(cfg))
+        trainer = Trainer(cfg, flow, target, out_dir, train_data=train_ref, progress=progress, val_data=test_ref)
         if resume:
             trainer.load()
         train_summary = trainer.train()
@@ -85,8 +87,6 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         summary = {"target": cfg.target.name, **train_summary}
         if evaluate:
             gen = Generator(flow, target, cfg)
-            if test_ref is not None:
-                test_ref.positions = test_ref.positions.to(_dtype(cfg))
             summary.update(evaluate_generator(gen, test_ref, out_dir=out_dir, progress=progress))
         save_summary(summary, out_dir / "summary.json")
         print(format_summary(summary, f"eqflow summary: {cfg.target.name} ({out_dir})"))

@@ -86,11 +86,13 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, flow, target, out_dir, train_data: ReferenceData | None = None,
-                 progress: bool = True):
+                 progress: bool = True, val_data: ReferenceData | None = None):
         self.cfg, self.flow, self.target = cfg, flow, target
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.train_data = train_data
+        self.val_x = (None if val_data is None or cfg.eval.val_every <= 0
+                      else val_data.positions[: cfg.eval.val_samples])
         self.progress = progress
         t = cfg.train
         if t.ml_weight > 0 and (train_data is None or len(train_data) == 0):
@@ -203,6 +205,17 @@ class Trainer:
                       grad_norm=grad_norm, lr=lr, skipped=int(skipped))
         return record
 
+    def validation_nll(self) -> float:
+        """NLL (nats) of the fixed held-out samples under the current flow, no graph kept."""
+        from ..evaluation.metrics import nll
+        self.flow.eval()
+        x = self.val_x.to(self._dtype())
+        bs = self.cfg.eval.batch_size
+        with torch.no_grad():
+            lq = torch.cat([self.flow.log_prob(x[i:i + bs], divergence=self.cfg.eval.divergence)
+                            for i in range(0, x.shape[0], bs)])
+        return nll(lq)
+
     # -- loop --------------------------------------------------------------------------------------
     def train(self) -> dict:
         """Run until ``train.steps`` or the wall-clock budget. Returns a summary dict."""
@@ -212,6 +225,8 @@ class Trainer:
         stop_reason = "steps"
         try:
             with open(self.metrics_path, "a") as log:
+                if self.val_x is not None and self.step == 0:
+                    log.write(json.dumps({"step": 0, "val_nll": self.validation_nll()}) + "\n")
                 while self.step < t.steps:
                     if budget is not None and self.elapsed >= budget:
                         stop_reason = "budget"
@@ -220,7 +235,10 @@ class Trainer:
                     record = self.train_step()
                     self.elapsed += time.perf_counter() - t0
                     record["time"] = round(self.elapsed, 3)
-                    if self.step % t.log_every == 0 or self.step == t.steps or self.step == 1:
+                    if self.val_x is not None and self.step % self.cfg.eval.val_every == 0:
+                        record["val_nll"] = self.validation_nll()
+                    if (self.step % t.log_every == 0 or self.step == t.steps or self.step == 1
+                            or "val_nll" in record):
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                     bar.update(1)

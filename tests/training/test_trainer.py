@@ -141,3 +141,31 @@ def test_run_training_writes_run_folder(tmp_path):
         assert (tmp_path / "run" / name).exists(), name
     for key in ["ess", "energy_w1_raw", "energy_w1_reweighted", "nll", "distance_tv_reweighted"]:
         assert np.isfinite(summary[key]), key
+
+
+def test_maximum_likelihood_lowers_held_out_nll(tmp_path):
+    from eqflow.distributions import ensure_particle_reference
+    d = json.loads(json.dumps(TINY))
+    d["target"].update(reference="auto", reference_cache=str(tmp_path / "cache"))
+    d["train"].update(kl_weight=0.0, ml_weight=1.0, ml_batch_size=64, steps=30, lr=1e-2)
+    d["eval"].update(val_every=15, val_samples=100, divergence="exact")
+    cfg = config_from_dict(d)
+    ensure_particle_reference("dw4", cache_dir=tmp_path / "cache", n_samples=500, chains=50, progress=False)
+    run_training(cfg, tmp_path / "run", progress=False, evaluate=False)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    val = [r["val_nll"] for r in rows if "val_nll" in r]
+    assert len(val) == 3 and val[-1] < val[0] - 0.5
+
+
+def test_molecular_run_writes_ramachandran(tmp_path):
+    d = {
+        "target": {"name": "ala2_vacuum", "kwargs": {"n_workers": 0}, "reference": None},
+        "field": {"hidden": 8, "n_layers": 1, "length_scale": 0.1},
+        "flow": {"solver": "euler", "n_steps": 1, "base_scale": 0.15},
+        "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 1},
+        "eval": {"n_samples": 16, "batch_size": 16, "divergence": "hutchinson", "nll_samples": 0},
+    }
+    summary = run_training(config_from_dict(d), tmp_path, progress=False)
+    assert (tmp_path / "ramachandran.png").exists()
+    assert 0.0 <= summary["d_fraction"] <= 1.0
+    assert abs(summary["pop_phi>0_raw"] + summary["pop_phi<0_raw"] - 1.0) < 1e-9
