@@ -9,3 +9,9 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def pytest_configure(config):
+    # The tests use small tensors: one thread is faster than two and does not thrash when the
+    # machine is shared (a CI run with two threads beside another job took 6x longer).
+    torch.set_num_threads(1)
