@@ -31,7 +31,8 @@ def build_field(cfg: Config, dim: int, n_node_features: int) -> torch.nn.Module:
     f = cfg.field
     if f.kind == "egnn":
         field = EGNNField(dim=dim, n_node_features=n_node_features, hidden=f.hidden, n_layers=f.n_layers,
-                          n_frequencies=f.n_frequencies, coord_gain=f.coord_gain)
+                          n_frequencies=f.n_frequencies, coord_gain=f.coord_gain,
+                          coord_aggregation=f.coord_aggregation)
     else:
         field = E3NNField(dim=dim, n_node_features=n_node_features, n_scalars=f.n_scalars,
                           hidden_irreps=f.hidden_irreps, n_layers=f.n_layers, lmax=f.lmax, n_basis=f.n_basis,

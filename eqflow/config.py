@@ -39,6 +39,7 @@ class FieldConfig:
     n_layers: int = 4
     n_frequencies: int = 4        # time embedding
     coord_gain: float = 1.0       # EGNN coordinate-update scale
+    coord_aggregation: str = "mean"  # EGNN: mean or sum of the pair terms of the coordinate update
     n_scalars: int = 16           # e3nn: scalar embedding width
     hidden_irreps: str = "16x0e + 8x1o + 4x2e"  # e3nn hidden irreps
     lmax: int = 2                 # e3nn spherical harmonics degree
@@ -215,6 +216,7 @@ def _parse_value(raw: str):
 
 _CHOICES = {
     ("field", "kind"): ("egnn", "e3nn"),
+    ("field", "coord_aggregation"): ("mean", "sum"),
     ("flow", "solver"): ("euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"),
     ("flow", "divergence"): ("exact", "hutchinson"),
     ("flow", "noise"): ("rademacher", "gaussian"),

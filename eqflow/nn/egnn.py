@@ -26,8 +26,12 @@ class EGNNLayer(nn.Module):
     symmetries.
     """
 
-    def __init__(self, hidden: int, coord_gain: float = 1.0, update_nodes: bool = True):
+    def __init__(self, hidden: int, coord_gain: float = 1.0, update_nodes: bool = True,
+                 coord_aggregation: str = "mean"):
         super().__init__()
+        if coord_aggregation not in ("mean", "sum"):
+            raise ValueError(f"coord_aggregation must be 'mean' or 'sum', got {coord_aggregation!r}")
+        self.coord_aggregation = coord_aggregation
         self.act = nn.SiLU()
         self.lin_send = nn.Linear(hidden, hidden)
         self.lin_recv = nn.Linear(hidden, hidden, bias=False)
@@ -52,7 +56,8 @@ class EGNNLayer(nn.Module):
         # sqrt(d2 + eps): a finite gradient at coincident atoms.
         unit = diff / (torch.sqrt(d2 + 1e-8) + 1.0)
         w = torch.tanh(self.coord_mlp(m))
-        x = x + (self.coord_gain / max(n - 1, 1)) * (unit * w).sum(2)
+        norm = max(n - 1, 1) if self.coord_aggregation == "mean" else 1
+        x = x + (self.coord_gain / norm) * (unit * w).sum(2)
         if self.node_mlp is not None:
             h = h + self.node_mlp(torch.cat([h, m.sum(2) / n], dim=-1))
         return h, x
@@ -70,6 +75,8 @@ class EGNNField(nn.Module):
     n_layers : number of EGNN layers
     n_frequencies : time embedding size
     coord_gain : scale of each layer's coordinate update
+    coord_aggregation : ``"mean"`` averages the pair terms over the N-1 neighbours; ``"sum"`` adds
+        them, so one close neighbour can push an atom as hard as the gain allows (repulsive cores)
 
     Call ``field(t [B], x [B, N, dim], h [B, N, F] or None) -> v [B, N, dim]``. The output is
     mean-free and invariant to translations of ``x``, equivariant to rotations, reflections and
@@ -77,12 +84,13 @@ class EGNNField(nn.Module):
     """
 
     def __init__(self, dim: int = 3, n_node_features: int = 0, hidden: int = 64, n_layers: int = 4,
-                 n_frequencies: int = 4, coord_gain: float = 1.0):
+                 n_frequencies: int = 4, coord_gain: float = 1.0, coord_aggregation: str = "mean"):
         super().__init__()
         self.dim, self.n_node_features = int(dim), int(n_node_features)
         self.time_embedding = TimeEmbedding(n_frequencies)
         self.embed = nn.Linear(self.time_embedding.out_features + self.n_node_features, hidden)
-        self.layers = nn.ModuleList(EGNNLayer(hidden, coord_gain, update_nodes=i < n_layers - 1)
+        self.layers = nn.ModuleList(EGNNLayer(hidden, coord_gain, update_nodes=i < n_layers - 1,
+                                              coord_aggregation=coord_aggregation)
                                     for i in range(n_layers))
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:

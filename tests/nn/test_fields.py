@@ -109,3 +109,13 @@ def test_field_inside_user_model():
     loss = (model(x, h) - remove_mean(target)).pow(2).mean()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_egnn_sum_aggregation_equivariant_and_checked(float64):
+    torch.manual_seed(1)
+    field = EGNNField(dim=3, n_node_features=3, hidden=16, n_layers=2, coord_aggregation="sum")
+    h = features(2)
+    assert_equivariant(lambda t, x: field(t[:, 0], x, h), args_in=[torch.rand(2, 1), torch.randn(2, N_ATOMS, 3)],
+                       irreps_in=[None, "cartesian_points"], irreps_out=["1o"], tolerance=1e-10)
+    with pytest.raises(ValueError, match="coord_aggregation"):
+        EGNNField(coord_aggregation="max")
