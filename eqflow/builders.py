@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .config import Config
-from .distributions import CoMFreeGaussian, MixtureBase
+from .distributions import MixtureBase
 from .flows import ContinuousFlow, MixtureFlow
 from .nn import E3NNField, EGNNField, ScaledField
 from .targets import Energy, make_target

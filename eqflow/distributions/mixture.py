@@ -1,7 +1,6 @@
 """Mixture of CoM-free Gaussians whose component index conditions the vector field."""
 from __future__ import annotations
 
-import math
 
 import torch
 
