@@ -2,7 +2,8 @@
 
 Peak memory is the growth of the process's resident-set high-water mark (``ru_maxrss``) during the
 measured call, so every case runs in its own spawned process: one case's allocations cannot hide
-another's.
+another's. On a CUDA device it is the peak of allocated GPU memory (``torch.cuda.max_memory_allocated``)
+and timings wait for the device (``torch.cuda.synchronize``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class DivergenceCase:
     memory_mode: str = "adjoint"  # for revkl: "adjoint" | "checkpoint" | "none"
     micro_batch: int | None = None  # revkl: accumulate gradients over chunks of this size
     seed: int = 0
+    device: str = "cpu"
 
 
 def _peak_rss_bytes() -> int:
@@ -45,13 +47,21 @@ def run_case(case: DivergenceCase) -> dict:
 
     torch.manual_seed(case.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    field = EGNNField(dim=case.dim, hidden=case.hidden, n_layers=case.n_layers)
+    device = torch.device(case.device)
+    cuda = device.type == "cuda"
+    field = EGNNField(dim=case.dim, hidden=case.hidden, n_layers=case.n_layers).to(device)
     flow = ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), divergence=case.divergence,
                           solver="rk4", n_steps=case.n_steps, adjoint=case.memory_mode == "adjoint",
-                          checkpoint=case.memory_mode == "checkpoint")
-    # Warm-up outside the measurement (allocator, lazy init).
-    with torch.no_grad():
-        ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), solver="euler", n_steps=1).sample(2)
+                          checkpoint=case.memory_mode == "checkpoint").to(device)
+    # Warm-up outside the measurement (allocator, lazy init, CUDA kernels of both passes).
+    warm = ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), divergence=case.divergence,
+                          solver="euler", n_steps=1).to(device)
+    x, log_q = warm.sample(2)
+    (log_q.sum() + x.sum()).backward()
+    field.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     rss0 = _peak_rss_bytes()
     t0 = time.perf_counter()
     if case.task == "sample":
@@ -69,8 +79,10 @@ def run_case(case: DivergenceCase) -> dict:
         ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in field.parameters())
     else:
         raise ValueError(f"unknown task {case.task!r}; choose 'sample' or 'revkl'")
+    if cuda:
+        torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
-    peak = max(0, _peak_rss_bytes() - rss0)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else max(0, _peak_rss_bytes() - rss0)
     return dict(asdict(case), wall_s=wall, peak_gb=peak / 1e9, finite=ok)
 
 

@@ -75,6 +75,8 @@ class TrainConfig:
     kl_weight: float = 1.0        # reverse KL (energy only, data-free)
     ml_weight: float = 0.0        # maximum likelihood on reference samples
     ml_batch_size: int = 256
+    kinetic_weight: float = 0.0   # λ_K of ∫|v|² dt along sampling paths (RNODE; keeps few-step solves accurate)
+    jacobian_weight: float = 0.0  # λ_J of ∫‖∂v/∂x‖²_F dt (Hutchinson estimate in training)
     grad_clip: float = 10.0       # max global gradient norm
     budget_minutes: Optional[float] = None  # stop after this wall-clock time
     checkpoint_every: int = 50
@@ -89,6 +91,11 @@ class EvalConfig:
     n_samples: int = 10000        # samples for ESS and energy/structure metrics
     batch_size: int = 1000
     divergence: str = "exact"     # exact log-densities for evaluation (hutchinson for large systems)
+    solver: Optional[str] = None  # evaluation solver; null: the training solver. Importance weights need
+    n_steps: Optional[int] = None  # a converged solve: null here means flow.n_steps
+    rtol: Optional[float] = None  # adaptive eval solvers (null: flow.rtol / flow.atol)
+    atol: Optional[float] = None
+    solver_check: int = 200       # re-solve this many samples with twice the eval steps (0: off)
     nll_samples: int = 2000       # held-out reference samples for the NLL
     test_fraction: float = 0.2    # reference split: this fraction is held out for evaluation
     val_every: int = 0            # log the NLL of held-out reference samples every this many steps (0: off)
@@ -223,6 +230,7 @@ _CHOICES = {
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
     ("train", "dtype"): ("float32", "float64"),
     ("eval", "divergence"): ("exact", "hutchinson"),
+    ("eval", "solver"): (None, "euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"),
 }
 _POSITIVE = [("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"), ("flow", "n_steps"), ("flow", "n_components"),
              ("train", "steps"), ("train", "batch_size"), ("train", "lr"), ("train", "grad_clip"),
@@ -241,6 +249,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{sec}.{key}' must be positive, got {value!r}")
     if cfg.train.kl_weight < 0 or cfg.train.ml_weight < 0 or cfg.train.kl_weight + cfg.train.ml_weight == 0:
         raise ConfigError("config keys 'train.kl_weight' and 'train.ml_weight' must be >= 0, not both 0")
+    for key in ("kinetic_weight", "jacobian_weight"):
+        if getattr(cfg.train, key) < 0:
+            raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(cfg.train, key)!r}")
+    if cfg.eval.n_steps is not None and cfg.eval.n_steps < 1:
+        raise ConfigError(f"config key 'eval.n_steps' must be positive or null, got {cfg.eval.n_steps!r}")
     if cfg.train.ml_weight > 0 and not cfg.target.reference:
         raise ConfigError("'train.ml_weight' > 0 needs reference samples: set 'target.reference'")
     scales = cfg.flow.base_scale if isinstance(cfg.flow.base_scale, list) else [cfg.flow.base_scale]

@@ -1,6 +1,7 @@
 """A trained flow with its target: sample, score, load from a checkpoint."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -29,34 +30,68 @@ class Generator:
     def dtype(self):
         return next(self.flow.parameters()).dtype
 
+    @property
+    def device(self):
+        return next(self.flow.parameters()).device
+
+    def solver_settings(self, refine: int = 1) -> dict:
+        """The evaluation solver: ``eval.solver`` / ``eval.n_steps`` / tolerances, each falling back
+        to the training value. ``refine`` multiplies fixed steps and divides tolerances (for checks)."""
+        ev, fl = self.config.eval, self.flow
+        solver = ev.solver or fl.solver
+        n_steps = ev.n_steps or (fl.n_steps if solver == fl.solver else self.config.flow.n_steps)
+        rtol, atol = ev.rtol or fl.rtol, ev.atol or fl.atol
+        return dict(solver=solver, n_steps=n_steps * refine, rtol=rtol / refine, atol=atol / refine)
+
+    @contextlib.contextmanager
+    def _solver(self, settings: dict | None):
+        # The trained field is a continuous-time object: evaluation may solve it more accurately than
+        # training did. Importance weights are only right when (x, log q) come from a converged solve.
+        settings = settings or self.solver_settings()
+        saved = {k: getattr(self.flow, k) for k in settings}
+        for k, v in settings.items():
+            setattr(self.flow, k, v)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(self.flow, k, v)
+
     @torch.no_grad()
     def sample(self, n: int, batch_size: int | None = None, divergence: str | None = None,
-               with_log_prob: bool = True, progress: bool = False):
-        """Draw ``n`` samples: ``(x [n, N, dim], log_q [n])`` (``log_q`` None if not requested).
+               with_log_prob: bool = True, progress: bool = False, solver: dict | None = None):
+        """Draw ``n`` samples on the flow's device: ``(x [n, N, dim], log_q [n])`` (``log_q`` None if
+        not requested).
 
         Batches of ``batch_size`` (default ``eval.batch_size``) keep memory flat; no autograd graph is
-        kept. ``divergence`` defaults to the config's evaluation divergence.
+        kept. ``divergence`` defaults to the config's evaluation divergence, ``solver`` (a dict like
+        :meth:`solver_settings`) to the evaluation solver.
         """
         batch_size = batch_size or self.config.eval.batch_size
         divergence = divergence or self.config.eval.divergence
         xs, lqs = [], []
         from tqdm.auto import tqdm
-        for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample"):
-            x, lq = self.flow.sample(min(batch_size, n - start), with_log_prob=with_log_prob,
-                                     divergence=divergence)
-            xs.append(x)
-            lqs.append(lq)
+        with self._solver(solver):
+            for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample"):
+                x, lq = self.flow.sample(min(batch_size, n - start), with_log_prob=with_log_prob,
+                                         divergence=divergence)
+                xs.append(x)
+                lqs.append(lq)
         x = torch.cat(xs)
         return x, (torch.cat(lqs) if with_log_prob else None)
 
     @torch.no_grad()
-    def log_prob(self, x: torch.Tensor, batch_size: int | None = None, divergence: str | None = None):
-        """``log q(x)`` ``[n]`` for CoM-free ``x`` ``[n, N, dim]``, in batches, no graph kept."""
+    def log_prob(self, x: torch.Tensor, batch_size: int | None = None, divergence: str | None = None,
+                 solver: dict | None = None):
+        """``log q(x)`` ``[n]`` for CoM-free ``x`` ``[n, N, dim]``, in batches, no graph kept; on the
+        device of ``x`` (solved on the flow's device)."""
         batch_size = batch_size or self.config.eval.batch_size
         divergence = divergence or self.config.eval.divergence
-        x = x.to(self.dtype)
-        return torch.cat([self.flow.log_prob(x[i:i + batch_size], divergence=divergence)
-                          for i in range(0, x.shape[0], batch_size)])
+        xd = x.to(device=self.device, dtype=self.dtype)
+        with self._solver(solver):
+            lq = torch.cat([self.flow.log_prob(xd[i:i + batch_size], divergence=divergence)
+                            for i in range(0, x.shape[0], batch_size)])
+        return lq.to(x.device)
 
 
 def load_checkpoint(path, target=None) -> Generator:

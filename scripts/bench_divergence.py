@@ -27,6 +27,7 @@ def main():
                    help="exact reverse-KL accumulates gradients over chunks of this size (its graph holds "
                         "one backward pass per coordinate)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is reported as such")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GB is then peak GPU memory allocated)")
     args = p.parse_args()
     rows = []
     for system in args.systems:
@@ -36,7 +37,7 @@ def main():
                 for div in args.divergences:
                     micro = args.exact_micro_batch if (div == "exact" and task == "revkl") else None
                     case = DivergenceCase(n, d, batch, div, task, args.steps, args.hidden, args.layers,
-                                          args.memory_mode, micro)
+                                          args.memory_mode, micro, device=args.device)
                     r = run_isolated(case, args.timeout)
                     rows.append(r)
                     status = r.get("error") or f"{r['wall_s']:.2f} s, {r['peak_gb']:.2f} GB"

@@ -2,6 +2,7 @@
 """Print the metrics of DESIGN.md for a trained run against its reference (or --reference FILE).
 
     python scripts/evaluate.py runs/dw4
+    python scripts/evaluate.py runs/lj13 --n-steps 32 --n 2000   # a finer solve than training's
     python scripts/evaluate.py runs/ala2 --reference data_cache/ala2_implicit_300K.h5 --n 2000
 """
 import argparse
@@ -21,6 +22,8 @@ def main(argv=None):
     p.add_argument("--reference", default=None, help="reference file (default: the run's target.reference)")
     p.add_argument("--n", type=int, default=None, help="model samples (default eval.n_samples)")
     p.add_argument("--divergence", choices=["exact", "hutchinson"], default=None)
+    p.add_argument("--solver", default=None, help="evaluation solver (default eval.solver, else the training one)")
+    p.add_argument("--n-steps", type=int, default=None, help="fixed-step evaluation solver steps (eval.n_steps)")
     p.add_argument("--out", default=None, help="folder for plots and summary (default: the run folder)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -31,6 +34,10 @@ def main(argv=None):
         overrides.append(f"target.reference={args.reference}")
     if args.divergence:
         overrides.append(f"eval.divergence={args.divergence}")
+    if args.solver:
+        overrides.append(f"eval.solver={args.solver}")
+    if args.n_steps:
+        overrides.append(f"eval.n_steps={args.n_steps}")
     gen.config = apply_overrides(gen.config, overrides)
     _, test = resolve_reference(gen.config, gen.target)
     run = Path(args.run)

@@ -29,6 +29,12 @@ def test_wrong_types_and_values_are_named():
         config_from_dict({"train": {"lr": -1}})
     with pytest.raises(ConfigError, match="base_scale"):
         config_from_dict({"flow": {"n_components": 2, "base_scale": [1.0]}})
+    with pytest.raises(ConfigError, match="'train.jacobian_weight' must be >= 0"):
+        config_from_dict({"train": {"jacobian_weight": -0.1}})
+    with pytest.raises(ConfigError, match="'eval.solver' must be one of"):
+        config_from_dict({"eval": {"solver": "rk45"}})
+    with pytest.raises(ConfigError, match="'eval.n_steps' must be positive"):
+        config_from_dict({"eval": {"n_steps": 0}})
 
 
 def test_overrides_parse_and_check():

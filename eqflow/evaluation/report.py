@@ -10,7 +10,7 @@ import torch
 
 from .metrics import distance_histogram_distance, energy_w1, ess, log_weights, nll, self_normalized_weights
 
-__all__ = ["evaluate_generator", "format_summary", "energies_in_batches"]
+__all__ = ["evaluate_generator", "format_summary", "energies_in_batches", "solver_check"]
 
 
 def energies_in_batches(target, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -46,8 +46,14 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
     n_samples = n_samples or cfg.eval.n_samples
     nll_samples = cfg.eval.nll_samples if nll_samples is None else nll_samples
     x, log_q = gen.sample(n_samples, progress=progress)
+    x, log_q = x.cpu(), log_q.cpu()  # metrics, energies of CPU targets and plots work on the host
     molecule = _is_molecule(gen.target)
-    out = {"n_samples": n_samples}
+    settings = gen.solver_settings()
+    out = {"n_samples": n_samples,
+           "eval_solver": settings["solver"] + (f"-{settings['n_steps']}" if settings["solver"] in
+                                                 ("euler", "midpoint", "rk4") else f"-{settings['rtol']:g}")}
+    if cfg.eval.solver_check:
+        out.update(solver_check(gen, x[:cfg.eval.solver_check], log_q[:cfg.eval.solver_check]))
     if molecule:
         from .chirality import fold_to_l
         center, neighbors = gen.target.chiral_centers[0]
@@ -84,6 +90,21 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
             if not molecule:
                 plot_distance_histograms(x, log_w, reference.positions, out_dir / "distance_hist.png")
     return out
+
+
+def solver_check(gen, x: torch.Tensor, log_q: torch.Tensor) -> dict:
+    """How far the evaluation solve is from converged: ``log q`` of the samples ``x`` re-scored by a
+    reverse solve with twice the steps (half the tolerances), against the sampling ``log q``.
+
+    A large ``logq_solver_mae`` means the importance weights (and ESS) describe the solver's error as
+    much as the model: raise ``eval.n_steps``. With Hutchinson evaluation it includes that estimator's
+    noise.
+    """
+    lq_fine = gen.log_prob(x, solver=gen.solver_settings(refine=2))
+    diff = (lq_fine - log_q).abs()
+    diff = diff[torch.isfinite(diff)]
+    return {"logq_solver_mae": float(diff.mean()) if len(diff) else float("nan"),
+            "logq_solver_max": float(diff.max()) if len(diff) else float("nan")}
 
 
 def _molecular_metrics(gen, x, w, reference, out_dir) -> dict:

@@ -1,6 +1,8 @@
 """Continuous normalizing flow on the CoM-free subspace, solved with torchdiffeq."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torchdiffeq import odeint, odeint_adjoint
 
@@ -63,6 +65,10 @@ class ContinuousFlow(torch.nn.Module):
         self.register_buffer("node_features", node_features)
         self.divergence, self.noise, self.solver, self.n_steps = divergence, noise, solver, int(n_steps)
         self.rtol, self.atol, self.adjoint, self.checkpoint = rtol, atol, adjoint, checkpoint
+        # Set by forward (sampling) solves inside ``recording_transport_cost()``: [B, 2] integrals
+        # of |v|² and ‖∂v/∂x‖²_F along each trajectory (see AugmentedDynamics).
+        self.transport_cost = None
+        self._record_transport_cost = False
 
     # -- solving ------------------------------------------------------------------------------
     def _node_features(self, b: int, extra: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -100,12 +106,31 @@ class ContinuousFlow(torch.nn.Module):
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES} or None")
         b = x.shape[0]
         noise = (sample_noise(x.shape, self.noise, x.dtype, x.device) if divergence == "hutchinson" else None)
+        record = self._record_transport_cost and t1 > t0 and divergence is not None
         dyn = AugmentedDynamics(self.field, self.n_atoms, self.dim, self._node_features(b, h_extra),
-                                divergence, noise, checkpoint=self.checkpoint)
+                                divergence, noise, checkpoint=self.checkpoint, transport_cost=record)
         state = (x.reshape(b, -1), torch.zeros(b, dtype=x.dtype, device=x.device))
-        xf, delta = self._solve(dyn, state, t0, t1)
+        if record:
+            state = state + (torch.zeros(b, 2, dtype=x.dtype, device=x.device),)
+        out = self._solve(dyn, state, t0, t1)
+        xf, delta = out[0], out[1]
+        if record:
+            self.transport_cost = out[2]
         self.nfe = dyn.nfe
         return xf.view(b, self.n_atoms, self.dim), delta
+
+    @contextlib.contextmanager
+    def recording_transport_cost(self):
+        """Within this block, sampling solves store ``self.transport_cost`` ``[B, 2]``: the integrals
+        of the kinetic energy ``|v|²`` and of ``‖∂v/∂x‖²_F`` along each trajectory (reverse solves,
+        as in ``log_prob``, do not). Used for the RNODE-style regularizers in training."""
+        old = self._record_transport_cost
+        self._record_transport_cost = True
+        self.transport_cost = None
+        try:
+            yield self
+        finally:
+            self._record_transport_cost = old
 
     # -- public API ---------------------------------------------------------------------------
     def sample(self, n: int, with_log_prob: bool = True, divergence: str | None = "default"):

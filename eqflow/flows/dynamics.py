@@ -14,6 +14,12 @@ DIVERGENCES = ("exact", "hutchinson")
 class AugmentedDynamics(torch.nn.Module):
     """``d/dt (x, Δ) = (v(t, x, h), div v)`` on flattened states ``([B, N·dim], [B])``.
 
+    With ``transport_cost=True`` the state carries a third part ``[B, 2]`` that integrates the
+    kinetic energy ``|v|²`` and the squared Frobenius norm of the field's Jacobian ``‖∂v/∂x‖²_F``
+    (exact, or its Hutchinson estimate ``|εᵀ ∂v/∂x|²`` from the same vector-Jacobian product as the
+    divergence): the regularizers of Finlay et al. (2020), which keep trajectories straight and smooth
+    so that a few fixed solver steps stay accurate and training cannot exploit discretization error.
+
     The solver boundary is the only place positions are flat. One instance per solve binds the
     node features ``h``, the divergence mode (``None`` to skip it) and, for Hutchinson, the
     ``noise``, which so stays fixed across all solver stages, checkpoint recomputations and the
@@ -23,15 +29,18 @@ class AugmentedDynamics(torch.nn.Module):
 
     def __init__(self, field: torch.nn.Module, n_atoms: int, dim: int, h: torch.Tensor | None = None,
                  divergence: str | None = "exact", noise: torch.Tensor | None = None,
-                 checkpoint: bool = False):
+                 checkpoint: bool = False, transport_cost: bool = False):
         super().__init__()
         if divergence not in DIVERGENCES + (None,):
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES} or None")
         if divergence == "hutchinson" and noise is None:
             raise ValueError("Hutchinson divergence needs its noise tensor")
+        if transport_cost and divergence is None:
+            raise ValueError("transport_cost needs a divergence mode (its Jacobian term shares that pass)")
         self.field = field
         self.n_atoms, self.dim = n_atoms, dim
         self.h, self.divergence, self.noise, self.checkpoint = h, divergence, noise, checkpoint
+        self.transport_cost = transport_cost
         self.nfe = 0
 
     def forward(self, t: torch.Tensor, state):
@@ -47,9 +56,11 @@ class AugmentedDynamics(torch.nn.Module):
         if keep_graph and self.checkpoint:
             # Only x and t are stored; the field's graph is rebuilt during the backward pass, so
             # training memory is that of one evaluation, whatever the number of steps.
-            v, div = checkpoint(self._evaluate, tb, x, True, use_reentrant=False)
+            v, div, jac = checkpoint(self._evaluate, tb, x, True, use_reentrant=False)
         else:
-            v, div = self._evaluate(tb, x, keep_graph)
+            v, div, jac = self._evaluate(tb, x, keep_graph)
+        if self.transport_cost:
+            return v.flatten(1), div, torch.stack([v.pow(2).flatten(1).sum(-1), jac], dim=-1)
         return v.flatten(1), div
 
     def _evaluate(self, t: torch.Tensor, x: torch.Tensor, keep_graph: bool):
@@ -59,10 +70,17 @@ class AugmentedDynamics(torch.nn.Module):
             if not keep_graph or not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             v = self.field(t, x, self.h)
+            jac = None
             if self.divergence == "exact":
-                div = exact_divergence(v, x, create_graph=keep_graph)
+                if self.transport_cost:
+                    div, jac = exact_divergence(v, x, create_graph=keep_graph, frobenius=True)
+                else:
+                    div = exact_divergence(v, x, create_graph=keep_graph)
+            elif self.transport_cost:
+                div, jac = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph, frobenius=True)
             else:
                 div = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph)
         if not keep_graph:
             v, div = v.detach(), div.detach()
-        return v, div
+            jac = None if jac is None else jac.detach()
+        return v, div, jac

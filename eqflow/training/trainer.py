@@ -162,14 +162,16 @@ class Trainer:
         loss = 0.0
         record = {}
         if t.kl_weight > 0:
-            kl, stats = reverse_kl_loss(self.flow, self.target, t.batch_size, self.cfg.target.energy_cut)
+            kl, stats = reverse_kl_loss(self.flow, self.target, t.batch_size, self.cfg.target.energy_cut,
+                                        kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight)
             loss = loss + t.kl_weight * kl
+            record.update({k: stats[k] for k in ("kinetic", "jacobian") if k in stats})
             record.update(kl=stats["kl"], energy=stats["energy"], dropped=stats["n_dropped"],
                           ess_batch=ess(stats["log_w"].cpu().numpy()) if torch.isfinite(stats["log_w"]).any()
                           else 0.0)
         if t.ml_weight > 0:
             idx = torch.randint(len(self.train_data), (t.ml_batch_size,))
-            x = self.train_data.positions[idx].to(self._dtype())
+            x = self.train_data.positions[idx].to(device=self._device(), dtype=self._dtype())
             ml, stats = maximum_likelihood_loss(self.flow, x)
             loss = loss + t.ml_weight * ml
             record.update(nll=stats["nll"])
@@ -177,6 +179,9 @@ class Trainer:
 
     def _dtype(self):
         return next(self.flow.parameters()).dtype
+
+    def _device(self):
+        return next(self.flow.parameters()).device
 
     def train_step(self) -> dict:
         """One optimizer step (or a counted skip). Returns the logged record."""
@@ -209,7 +214,7 @@ class Trainer:
         """NLL (nats) of the fixed held-out samples under the current flow, no graph kept."""
         from ..evaluation.metrics import nll
         self.flow.eval()
-        x = self.val_x.to(self._dtype())
+        x = self.val_x.to(device=self._device(), dtype=self._dtype())
         bs = self.cfg.eval.batch_size
         with torch.no_grad():
             lq = torch.cat([self.flow.log_prob(x[i:i + bs], divergence=self.cfg.eval.divergence)

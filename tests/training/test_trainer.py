@@ -169,3 +169,35 @@ def test_molecular_run_writes_ramachandran(tmp_path):
     assert (tmp_path / "ramachandran.png").exists()
     assert 0.0 <= summary["d_fraction"] <= 1.0
     assert abs(summary["pop_phi>0_raw"] + summary["pop_phi<0_raw"] - 1.0) < 1e-9
+
+
+def test_regularized_reverse_kl_adds_transport_cost(tmp_path):
+    cfg = tiny_cfg()
+    tr = make_trainer(cfg, tmp_path)
+    torch.manual_seed(5)
+    plain, s0 = reverse_kl_loss(tr.flow, tr.target, 64)
+    torch.manual_seed(5)
+    reg, s1 = reverse_kl_loss(tr.flow, tr.target, 64, kinetic_weight=0.5, jacobian_weight=0.25)
+    assert "kinetic" not in s0 and s1["kinetic"] > 0 and s1["jacobian"] > 0
+    assert s1["kl"] == pytest.approx(s0["kl"], abs=1e-5)  # same seed, same samples
+    assert float(reg.detach()) == pytest.approx(s1["kl"] + 0.5 * s1["kinetic"] + 0.25 * s1["jacobian"], rel=1e-5)
+    tr = make_trainer(tiny_cfg(steps=2, kinetic_weight=0.1, jacobian_weight=0.1), tmp_path / "run")
+    tr.train()
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all("kinetic" in r and "jacobian" in r for r in rows)
+
+
+def test_evaluation_solver_and_solver_check(tmp_path):
+    from eqflow.config import apply_overrides
+    from eqflow.evaluation.report import solver_check
+    make_trainer(tiny_cfg(steps=2), tmp_path).train()
+    gen = load_checkpoint(tmp_path)
+    assert gen.solver_settings()["n_steps"] == 2  # eval.n_steps null: the training solver
+    gen.config = apply_overrides(gen.config, ["eval.n_steps=16"])
+    s = gen.solver_settings(refine=2)
+    assert s["solver"] == "rk4" and s["n_steps"] == 32
+    torch.manual_seed(0)
+    x, log_q = gen.sample(32, divergence="exact")
+    assert gen.flow.n_steps == 2  # restored after sampling
+    check = solver_check(gen, x, log_q)
+    assert check["logq_solver_mae"] < 1e-3 and check["logq_solver_max"] >= check["logq_solver_mae"]
