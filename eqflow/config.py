@@ -78,7 +78,7 @@ class TrainConfig:
     kinetic_weight: float = 0.0   # λ_K of ∫|v|² dt along sampling paths (RNODE; keeps few-step solves accurate)
     jacobian_weight: float = 0.0  # λ_J of ∫‖∂v/∂x‖²_F dt (Hutchinson estimate in training)
     grad_clip: float = 10.0       # max global gradient norm
-    budget_minutes: Optional[float] = None  # stop after this wall-clock time
+    budget_minutes: Optional[float] = None  # training time cap (minutes): no step starts that would end past it
     checkpoint_every: int = 50
     log_every: int = 10
     seed: int = 0

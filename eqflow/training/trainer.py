@@ -228,17 +228,19 @@ class Trainer:
         budget = None if t.budget_minutes is None else 60.0 * t.budget_minutes
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True)
         stop_reason = "steps"
+        last_step = 0.0  # the budget is a cap: a step that would end past it is not started
         try:
             with open(self.metrics_path, "a") as log:
                 if self.val_x is not None and self.step == 0:
                     log.write(json.dumps({"step": 0, "val_nll": self.validation_nll()}) + "\n")
                 while self.step < t.steps:
-                    if budget is not None and self.elapsed >= budget:
+                    if budget is not None and self.elapsed + last_step > budget:
                         stop_reason = "budget"
                         break
                     t0 = time.perf_counter()
                     record = self.train_step()
-                    self.elapsed += time.perf_counter() - t0
+                    last_step = time.perf_counter() - t0
+                    self.elapsed += last_step
                     record["time"] = round(self.elapsed, 3)
                     if self.val_x is not None and self.step % self.cfg.eval.val_every == 0:
                         record["val_nll"] = self.validation_nll()

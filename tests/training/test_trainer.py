@@ -201,3 +201,11 @@ def test_evaluation_solver_and_solver_check(tmp_path):
     assert gen.flow.n_steps == 2  # restored after sampling
     check = solver_check(gen, x, log_q)
     assert check["logq_solver_mae"] < 1e-3 and check["logq_solver_max"] >= check["logq_solver_mae"]
+
+
+def test_budget_is_a_cap(tmp_path):
+    # 2 s of budget: the loop stops before a step that would end past it.
+    tr = make_trainer(tiny_cfg(steps=10_000, budget_minutes=2 / 60, checkpoint_every=10_000), tmp_path)
+    out = tr.train()
+    assert out["stop_reason"] == "budget" and out["steps"] > 1
+    assert tr.elapsed <= 2.0 + 0.5  # one step's timing noise at most
