@@ -67,14 +67,17 @@ def plot_training_curves(metrics_records, path) -> Path:
         ax_v.plot(s, v, color="C3", marker="o", ms=3, lw=1)
         ax_v.set_ylabel("held-out NLL", color="C3")
     s, e = _column(metrics_records, "ess")
+    title = "effective sample size"
     if not e.size:  # the trainer logs the ESS of each training batch
         s, e = _column(metrics_records, "ess_batch")
+        # With the training solve and a Hutchinson log q: noisy and lower than the evaluated ESS.
+        title = "batch ESS (training solve and divergence estimate)"
     if e.size:
         ax_e.plot(s, e, marker="o", ms=3, lw=1)
     ax_e.set_ylim(0, 1)
     ax_e.set_xlabel("step")
     ax_e.set_ylabel("ESS / n")
-    ax_e.set_title("effective sample size")
+    ax_e.set_title(title)
     return _save(fig, path)
 
 
