@@ -37,9 +37,8 @@ class Generator:
     def solver_settings(self, refine: int = 1) -> dict:
         """The evaluation solver: ``eval.solver`` / ``eval.n_steps`` / tolerances, each falling back
         to the training value. ``refine`` multiplies fixed steps and divides tolerances (for checks)."""
-        ev, fl = self.config.eval, self.flow
-        solver = ev.solver or fl.solver
-        n_steps = ev.n_steps or (fl.n_steps if solver == fl.solver else self.config.flow.n_steps)
+        ev, fl = self.config.eval, self.config.flow
+        solver, n_steps = ev.solver or fl.solver, ev.n_steps or fl.n_steps
         rtol, atol = ev.rtol or fl.rtol, ev.atol or fl.atol
         return dict(solver=solver, n_steps=n_steps * refine, rtol=rtol / refine, atol=atol / refine)
 

@@ -70,16 +70,12 @@ class AugmentedDynamics(torch.nn.Module):
             if not keep_graph or not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             v = self.field(t, x, self.h)
-            jac = None
             if self.divergence == "exact":
-                if self.transport_cost:
-                    div, jac = exact_divergence(v, x, create_graph=keep_graph, frobenius=True)
-                else:
-                    div = exact_divergence(v, x, create_graph=keep_graph)
-            elif self.transport_cost:
-                div, jac = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph, frobenius=True)
+                out = exact_divergence(v, x, create_graph=keep_graph, frobenius=self.transport_cost)
             else:
-                div = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph)
+                out = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph,
+                                            frobenius=self.transport_cost)
+            div, jac = out if self.transport_cost else (out, None)
         if not keep_graph:
             v, div = v.detach(), div.detach()
             jac = None if jac is None else jac.detach()
