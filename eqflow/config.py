@@ -15,11 +15,13 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .errors import EqflowError
+
 __all__ = ["Config", "TargetConfig", "FieldConfig", "FlowConfig", "TrainConfig", "EvalConfig",
            "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides"]
 
 
-class ConfigError(ValueError):
+class ConfigError(EqflowError, ValueError):
     """A config problem; the message names the offending key."""
 
 

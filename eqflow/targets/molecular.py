@@ -48,6 +48,29 @@ def _load_forcefield(files: tuple[str, ...]):
     return app.ForceField(*files)
 
 
+def _read_pdb(pdb_path: str):
+    """``openmm.app.PDBFile`` of ``pdb_path``, or a one-line ValueError for an empty or non-PDB file."""
+    import openmm.app as app
+
+    with open(pdb_path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.strip():
+        raise ValueError(f"PDB file {pdb_path} is empty")
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{pdb_path} is not a PDB file (binary content)") from None
+    if not any(line[:6].strip() in ("ATOM", "HETATM") for line in text.splitlines()):
+        raise ValueError(f"{pdb_path} is not a PDB file: no ATOM or HETATM records")
+    try:
+        pdb = app.PDBFile(pdb_path)
+    except Exception as err:  # OpenMM's parser raises assorted types on malformed records
+        raise ValueError(f"{pdb_path} is not a readable PDB file: {type(err).__name__}: {err}") from None
+    if pdb.topology.getNumAtoms() == 0:
+        raise ValueError(f"PDB file {pdb_path} has no atoms")
+    return pdb
+
+
 def _atom_type_names_by_name(pdb_path: str) -> list[str]:
     """One type name per atom from the PDB's own atom names (not OpenMM's renamed ones).
 
@@ -101,7 +124,7 @@ class MolecularSystem:
         solvent (or use ``implicit_solvent=True``).
     temperature : float
         K.
-    n_workers, platform, cpu_threads
+    n_workers, platform, cpu_threads, timeout
         Passed to :class:`~eqflow.targets.openmm_bridge.OpenMMEnergy`.
     atom_types : {"name", "element"}
         How :attr:`atom_types` is built. "name" (default): one type per atom name as written in the PDB,
@@ -129,7 +152,7 @@ class MolecularSystem:
 
     def __init__(self, pdb_path: str, forcefield=("amber99sbildn.xml",), temperature: float = 300.0,
                  n_workers: int = 0, platform: str = "Reference", cpu_threads: int | None = 1,
-                 atom_types: str = "name", implicit_solvent: bool = False):
+                 atom_types: str = "name", implicit_solvent: bool = False, timeout: float = 300.0):
         import mdtraj
         import openmm.app as app
 
@@ -149,7 +172,7 @@ class MolecularSystem:
         self.temperature = float(temperature)
         self.kT = kT_kj_per_mol(temperature)
 
-        pdb = app.PDBFile(pdb_path)
+        pdb = _read_pdb(pdb_path)
         ff = _load_forcefield(forcefield)
         try:
             self.system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None,
@@ -182,7 +205,7 @@ class MolecularSystem:
         self.dihedrals = self._backbone_dihedrals()
         self.chiral_centers = self._chiral_centers()
         self.energy = OpenMMEnergy(self.system, temperature, n_workers=n_workers, platform=platform,
-                                   cpu_threads=cpu_threads)
+                                   cpu_threads=cpu_threads, timeout=timeout)
         # What a model built from the registry's Energy alone needs (node features, analysis).
         for name in ("topology", "atom_types", "n_atom_types", "atom_type_names", "masses",
                      "dihedrals", "chiral_centers"):

@@ -76,3 +76,12 @@ def test_registry():
 
     x = torch.tensor(mdtraj.load(alanine_dipeptide_pdb()).xyz, dtype=torch.float64)
     assert torch.isfinite(e(x)).all()
+
+
+@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"\x89PNG\r\n\x1a\n\x00\x01", "binary"),
+                                              (b"hello\nworld\n", "no ATOM")])
+def test_empty_or_non_pdb_file_gives_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.pdb"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        MolecularSystem(str(path))
