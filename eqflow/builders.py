@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config
+from .config import Config, ConfigError
 from .distributions import MixtureBase
 from .flows import ContinuousFlow, MixtureFlow
 from .nn import E3NNField, EGNNField, ScaledField
@@ -13,8 +13,21 @@ __all__ = ["build_target", "build_field", "build_flow", "node_features_of"]
 
 
 def build_target(cfg: Config) -> Energy:
-    """The target named in ``cfg.target`` (see :data:`eqflow.targets.TARGETS`)."""
-    return make_target(cfg.target.name, **cfg.target.kwargs)
+    """The target named in ``cfg.target`` (see :data:`eqflow.targets.TARGETS`).
+
+    An unknown name or arguments the target does not take raise :class:`ConfigError` (one line).
+    """
+    from .targets import TARGETS
+    name = cfg.target.name
+    if str(name).lower() not in TARGETS:
+        raise ConfigError(f"config key 'target.name': unknown target {name!r}; known targets: "
+                          f"{', '.join(sorted(TARGETS))}")
+    try:
+        return make_target(name, **cfg.target.kwargs)
+    except TypeError as err:  # an unexpected or missing keyword of the factory
+        raise ConfigError(f"config key 'target.kwargs': bad arguments for target {name!r}: {err}") from None
+    except (ValueError, FileNotFoundError) as err:  # e.g. a bad solvent, temperature or PDB path
+        raise ConfigError(f"target {name!r}: {err}") from None
 
 
 def node_features_of(target: Energy) -> torch.Tensor | None:

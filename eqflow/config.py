@@ -80,6 +80,7 @@ class TrainConfig:
     kinetic_weight: float = 0.0   # λ_K of ∫|v|² dt along sampling paths (RNODE; keeps few-step solves accurate)
     jacobian_weight: float = 0.0  # λ_J of ∫‖∂v/∂x‖²_F dt (Hutchinson estimate in training)
     grad_clip: float = 10.0       # max global gradient norm
+    skip_warning_fraction: float = 0.05  # warn once when more than this fraction of steps was skipped (non-finite)
     budget_minutes: Optional[float] = None  # training time cap (minutes): no step starts that would end past it
     checkpoint_every: int = 50
     log_every: int = 10
@@ -254,6 +255,15 @@ def _validate(cfg: Config) -> None:
     for key in ("kinetic_weight", "jacobian_weight"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(cfg.train, key)!r}")
+    if cfg.train.budget_minutes is not None and not cfg.train.budget_minutes > 0:
+        raise ConfigError(f"config key 'train.budget_minutes' must be positive or null, got {cfg.train.budget_minutes!r}")
+    if cfg.train.warmup_steps < 0:
+        raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {cfg.train.warmup_steps!r}")
+    if not cfg.target.energy_cut >= 0:
+        raise ConfigError(f"config key 'target.energy_cut' must be >= 0 (kT), got {cfg.target.energy_cut!r}")
+    if not 0 <= cfg.train.skip_warning_fraction <= 1:
+        raise ConfigError("config key 'train.skip_warning_fraction' must be in [0, 1], "
+                          f"got {cfg.train.skip_warning_fraction!r}")
     if cfg.eval.n_steps is not None and cfg.eval.n_steps < 1:
         raise ConfigError(f"config key 'eval.n_steps' must be positive or null, got {cfg.eval.n_steps!r}")
     if cfg.train.ml_weight > 0 and not cfg.target.reference:

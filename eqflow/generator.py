@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from .builders import build_flow, build_target
+from .checkpoint import read_checkpoint
 from .config import config_from_dict
+from .errors import CheckpointError
 
 __all__ = ["Generator", "load_checkpoint"]
 
@@ -76,6 +78,8 @@ class Generator:
                                          divergence=divergence)
                 xs.append(x)
                 lqs.append(lq)
+        if not xs:  # n == 0: the flow's own empty tensors
+            return self.flow.sample(0, with_log_prob=with_log_prob)
         x = torch.cat(xs)
         return x, (torch.cat(lqs) if with_log_prob else None)
 
@@ -94,22 +98,31 @@ class Generator:
 
 
 def load_checkpoint(path, target=None) -> Generator:
-    """Rebuild the flow and target of a training run from ``checkpoint.pt`` (or its run folder).
+    """Rebuild the flow and target of a config-driven training run from ``checkpoint.pt`` (or its
+    run folder, or a ``pretrained/`` model folder).
+
+    The file is verified (CRC) and loaded with torch's safe unpickler: a damaged checkpoint, or one
+    carrying objects that could run code, raises :class:`~eqflow.errors.CheckpointError` (one line).
+    A model trained by hand (not from a config) is reloaded by rebuilding it and calling
+    :func:`~eqflow.training.load_model_weights`.
 
     Parameters
     ----------
-    path : checkpoint file or run folder
+    path : checkpoint file or folder holding ``checkpoint.pt``
     target : reuse an already built target (for example an OpenMM energy with workers)
     """
+    from .training.trainer import check_checkpoint_format
+
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != "eqflow-checkpoint-1":
-        raise ValueError(f"{path} is not an eqflow checkpoint")
-    cfg = config_from_dict(state["config"])
+    state = read_checkpoint(path)
+    check_checkpoint_format(state, path)
+    config = state.get("metadata", {}).get("config")
+    if config is None:
+        raise CheckpointError(f"{path} holds a hand-built model (no config): rebuild the model and use "
+                              "eqflow.training.load_model_weights(model, path)")
+    cfg = config_from_dict(config)
     dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -61,7 +61,11 @@ def is_com_free(x: torch.Tensor, atol: float | None = None) -> bool:
 
 
 def assert_com_free(x: torch.Tensor, name: str = "x", atol: float | None = None) -> None:
-    """Raise a ``ValueError`` if ``x`` is not centred (see :func:`is_com_free`)."""
+    """Raise a ``ValueError`` if ``x`` has non-finite entries or is not centred (see :func:`is_com_free`)."""
+    finite = torch.isfinite(x).flatten(1).all(1) if x.dim() > 1 else torch.isfinite(x).all()[None]
+    if not bool(finite.all()):
+        raise ValueError(f"{name} has non-finite positions (NaN or inf) in {int((~finite).sum())} of "
+                         f"{finite.numel()} configurations; densities are defined for finite positions only")
     if not is_com_free(x, atol):
         worst = float(x.detach().mean(dim=-2).norm(dim=-1).max())
         raise ValueError(

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from eqflow import load_checkpoint
+from eqflow.cli import run_cli
 from eqflow.config import apply_overrides
 from eqflow.evaluation.report import evaluate_generator, format_summary, save_summary
 from eqflow.training import resolve_reference
@@ -49,4 +50,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

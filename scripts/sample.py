@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from eqflow import load_checkpoint
+from eqflow.cli import run_cli
 from eqflow.evaluation.report import energies_in_batches
 
 
@@ -45,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

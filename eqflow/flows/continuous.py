@@ -11,10 +11,19 @@ from ..geometry import assert_com_free, check_positions
 from .divergence import NOISE_TYPES, sample_noise
 from .dynamics import DIVERGENCES, AugmentedDynamics
 
-__all__ = ["ContinuousFlow", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS"]
+__all__ = ["ContinuousFlow", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "check_sample_count"]
 
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
 ADAPTIVE_SOLVERS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
+
+
+def check_sample_count(n) -> int:
+    """``n`` as an int, or a ValueError naming it when it is not a non-negative integer."""
+    if isinstance(n, bool) or not isinstance(n, int) and not (torch.is_tensor(n) and n.dim() == 0):
+        raise ValueError(f"number of samples must be a non-negative integer, got {n!r}")
+    if int(n) < 0:
+        raise ValueError(f"number of samples must be >= 0, got {int(n)}")
+    return int(n)
 
 
 class ContinuousFlow(torch.nn.Module):
@@ -137,12 +146,21 @@ class ContinuousFlow(torch.nn.Module):
         """Draw ``n`` samples. Returns ``(x [n, N, dim], log_q [n])`` (``log_q`` None if skipped).
 
         Reparameterized: under autograd, gradients flow from ``x`` and ``log_q`` to the parameters.
+        ``n = 0`` gives empty tensors.
         """
-        z = self.base.sample(n)
+        if n == 0:
+            return self._empty(with_log_prob)
+        z = self.base.sample(check_sample_count(n))
         log_pz = self._base_log_prob(z)
         div = divergence if with_log_prob else None
         x, delta = self.integrate(z, 0.0, 1.0, divergence=div)
         return x, (log_pz - delta if with_log_prob else None)
+
+    def _empty(self, with_log_prob: bool):
+        p = next(self.parameters(), None)
+        kw = dict(dtype=p.dtype if p is not None else torch.get_default_dtype(),
+                  device=p.device if p is not None else None)
+        return torch.zeros(0, self.n_atoms, self.dim, **kw), (torch.zeros(0, **kw) if with_log_prob else None)
 
     def log_prob(self, x: torch.Tensor, divergence: str | None = "default") -> torch.Tensor:
         """``log q(x)`` ``[B]`` of CoM-free ``x`` ``[B, N, dim]`` by a reverse solve."""
