@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .. import distributed as dd
 from ..builders import build_flow, build_target
 from ..checkpoint import previous_path
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
@@ -106,16 +107,30 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
                  evaluate: bool = True, overwrite: bool = False) -> dict:
     """Train ``cfg`` into ``out_dir`` (``config.yaml``, ``checkpoint.pt``, ``metrics.jsonl``, plots,
     ``summary.json``); with ``resume`` continue from the checkpoint there, with ``overwrite`` replace
-    a run that is there (otherwise such a folder is refused). Returns the summary."""
-    out_dir = prepare_run_folder(out_dir, cfg, resume, overwrite)
+    a run that is there (otherwise such a folder is refused). Returns the summary.
+
+    Under ``torchrun`` every rank trains its share of each batch (:mod:`eqflow.distributed`); rank 0
+    writes the run folder and evaluates (the other ranks return the training summary). The run
+    folder must be on a file system every rank sees (for ``--resume`` checks; rank 0 reads the
+    checkpoint and sends it to the others).
+    """
     check_device(cfg.train.device)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    seed_everything(cfg.train.seed)
+    info = dd.init_distributed(cfg.train.device)
+    device = cfg.train.device
+    if info.enabled and info.backend == "nccl":
+        device = f"cuda:{info.local_rank}"
+    if info.is_main:
+        out_dir = prepare_run_folder(out_dir, cfg, resume, overwrite)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    else:
+        out_dir = Path(out_dir)
+    dd.barrier()
+    seed_everything(cfg.train.seed)  # the same initial parameters on every rank
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(_dtype(cfg))
     try:
         target = build_target(cfg)
-        flow = build_flow(cfg, target).to(cfg.train.device)
+        flow = build_flow(cfg, target).to(device)
         train_ref, test_ref = resolve_reference(cfg, target)
         if train_ref is not None:
             train_ref.positions = train_ref.positions.to(_dtype(cfg))
@@ -130,10 +145,12 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         if resume:
             trainer.load()
         train_summary = trainer.train()
+        summary = {"target": cfg.target.name, **train_summary}
+        if not info.is_main:
+            return summary
         records = read_metrics(trainer.metrics_path)
         if records:
             plot_training_curves(records, out_dir / "training_curves.png")
-        summary = {"target": cfg.target.name, **train_summary}
         if evaluate:
             gen = Generator(flow, target, cfg)
             summary.update(evaluate_generator(gen, test_ref, out_dir=out_dir, progress=progress))

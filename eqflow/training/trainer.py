@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import previous_path, read_checkpoint, remove_temporary_files, save_checkpoint_atomic
 from ..config import TrainConfig
+from .. import distributed as dd
 from ..distributions import ReferenceData
 from ..errors import CheckpointError, RunFolderError
 from ..evaluation.metrics import ess
@@ -57,21 +58,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict:
-    # Plain data only (no numpy arrays): the checkpoint must load with weights_only=True.
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": random.getstate()}
+def _seed_step(seed: int, rank: int, step: int) -> None:
+    """Seed torch, numpy and random for one training step of one rank (:func:`eqflow.distributed.step_seed`).
 
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    The random stream of step ``k`` is a function of ``(seed, rank, k)`` alone, so the state "at the
+    start of a step" needs no saving: a resumed run (after a kill, Ctrl-C or SIGTERM mid-step) draws
+    exactly what the uninterrupted run drew, and the checkpoint is the same whatever the number of
+    ranks that wrote it.
+    """
+    s = dd.step_seed(seed, rank, step)
+    torch.manual_seed(s)
+    np.random.seed(s % 2 ** 32)
+    random.seed(s)
 
 
 def make_scheduler(optimizer, settings: TrainConfig):
@@ -122,11 +120,17 @@ class Trainer:
     (no update) and counted, with one warning once more than ``settings.skip_warning_fraction`` of
     the steps so far were skipped. Gradients are clipped to ``settings.grad_clip``.
 
-    Checkpoints (model, optimizer, scheduler, RNG states, counters, metadata) are written atomically
-    every ``settings.checkpoint_every`` steps, at the end, and when SIGINT or SIGTERM arrive; then
-    :class:`TrainingInterrupted` is raised. A signal in the middle of a step abandons that step: the
-    checkpoint holds the state (RNG included) from the start of the step, so a resumed run equals an
-    uninterrupted one step for step.
+    Checkpoints (model, optimizer, scheduler, counters, metadata) are written atomically every
+    ``settings.checkpoint_every`` steps, at the end, and when SIGINT or SIGTERM arrive; then
+    :class:`TrainingInterrupted` is raised. Each step seeds the random generators from ``(seed, rank,
+    step)``, so the random state at the start of a step is never lost: a signal in the middle of a
+    step abandons it, the checkpoint holds the state from its start, and a resumed run equals an
+    uninterrupted one step for step (this also reseeds the global generators, at every step).
+
+    Under ``torchrun`` (:mod:`eqflow.distributed`) each rank draws its share of the global batch
+    ``settings.batch_size`` with its own seed stream, gradients are averaged over ranks before
+    clipping, metrics are reduced over ranks, rank 0 alone writes files, signals stop all ranks at
+    the same step boundary, and the checkpoint is the same whatever the number of ranks.
     """
 
     def __init__(self, model, target, settings: TrainConfig | None = None, optimizer=None, out_dir=None,
@@ -137,8 +141,9 @@ class Trainer:
         self.model, self.target = model, target
         self.settings = t = settings if settings is not None else TrainConfig()
         self.out_dir = Path(out_dir if out_dir is not None else "runs/untitled")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporary_files(self.out_dir)  # from writes killed in an earlier run
+        if dd.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(self.out_dir)  # from writes killed in an earlier run
         self.train_data = train_data
         self.energy_cut = float(energy_cut)
         self.val_every, self.val_batch_size = int(val_every), int(val_batch_size)
@@ -158,9 +163,12 @@ class Trainer:
         self.elapsed = 0.0  # training seconds, summed over resumed runs (the budget counts these)
         self._resumed = False
         self._skip_warned = False
-        self._step_start_rng = None  # RNG state at the start of the step in progress (None between steps)
         self._defer_signals = False
         self._pending_signal = None
+        self.dist = dd.dist_info()
+        if self.dist.enabled:  # every rank starts from rank 0's parameters, whatever seeded them
+            for p in model.parameters():
+                torch.distributed.broadcast(p.data, src=0)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -179,32 +187,43 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
+            "seed": self.settings.seed,
             "n_skipped": self.n_skipped,
             "n_dropped": self.n_dropped,
             "elapsed": self.elapsed,
-            "rng": self._step_start_rng or _rng_state(),
         }
 
     def save(self) -> Path:
-        return save_checkpoint_atomic(self.state_dict(), self.checkpoint_path)
+        """Write the checkpoint (rank 0 only; other ranks hold the same state)."""
+        if dd.is_main():
+            save_checkpoint_atomic(self.state_dict(), self.checkpoint_path)
+        return self.checkpoint_path
 
     def load(self, path=None) -> None:
-        """Restore everything saved by :meth:`save`, including RNG states (resume is exact on CPU).
+        """Restore everything saved by :meth:`save` (resume is exact on CPU, for any number of ranks).
 
         Without ``path``, the run folder's checkpoint; if that one is damaged, its fallback
-        (``checkpoint.pt.prev``, one save older) with a warning.
+        (``checkpoint.pt.prev``, one save older) with a warning. Under torchrun rank 0 reads the file
+        and sends its contents to the other ranks.
         """
-        if path is None and not self.checkpoint_path.exists() and not previous_path(self.checkpoint_path).exists():
-            raise RunFolderError(f"nothing to resume: no checkpoint in {self.out_dir}")
-        state = _read_run_checkpoint(Path(path or self.checkpoint_path), fallback=path is None)
+        state = None
+        if dd.is_main():
+            if path is None and not self.checkpoint_path.exists() and \
+                    not previous_path(self.checkpoint_path).exists():
+                raise RunFolderError(f"nothing to resume: no checkpoint in {self.out_dir}")
+            state = _read_run_checkpoint(Path(path or self.checkpoint_path), fallback=path is None)
+        if self.dist.enabled:
+            box = [state]
+            torch.distributed.broadcast_object_list(box, src=0)
+            state = box[0]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.n_skipped = state["step"], state["n_skipped"]
         self.n_dropped, self.elapsed = state["n_dropped"], state["elapsed"]
-        _set_rng_state(state["rng"])
         self._resumed = True
-        self._truncate_metrics()
+        if dd.is_main():
+            self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
         # Rows logged after the checkpoint belong to a run that will be redone; a line cut short by
@@ -222,21 +241,26 @@ class Trainer:
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     # -- one step --------------------------------------------------------------------------------
+    def _local_batch(self, global_batch: int) -> int:
+        return dd.shard_sizes(global_batch, self.dist.world_size)[self.dist.rank]
+
     def compute_loss(self):
-        """The configured loss on one batch: ``(loss, record)``."""
+        """The configured loss on this rank's share of one batch: ``(loss, record)``.
+
+        ``record`` holds this rank's floats; ``log_w`` (a tensor, for the batch ESS) is gathered over
+        ranks by :meth:`train_step`.
+        """
         t = self.settings
         loss = 0.0
         record = {}
         if t.kl_weight > 0:
-            kl, stats = reverse_kl_loss(self.model, self.target, t.batch_size, self.energy_cut,
+            kl, stats = reverse_kl_loss(self.model, self.target, self._local_batch(t.batch_size), self.energy_cut,
                                         kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight)
             loss = loss + t.kl_weight * kl
             record.update({k: stats[k] for k in ("kinetic", "jacobian") if k in stats})
-            record.update(kl=stats["kl"], energy=stats["energy"], dropped=stats["n_dropped"],
-                          ess_batch=ess(stats["log_w"].cpu().numpy()) if torch.isfinite(stats["log_w"]).any()
-                          else 0.0)
+            record.update(kl=stats["kl"], energy=stats["energy"], dropped=stats["n_dropped"], log_w=stats["log_w"])
         if t.ml_weight > 0:
-            idx = torch.randint(len(self.train_data), (t.ml_batch_size,))
+            idx = torch.randint(len(self.train_data), (self._local_batch(t.ml_batch_size),))
             x = self.train_data.positions[idx].to(device=self._device(), dtype=self._dtype())
             ml, stats = maximum_likelihood_loss(self.model, x)
             loss = loss + t.ml_weight * ml
@@ -249,18 +273,43 @@ class Trainer:
     def _device(self):
         return next(self.model.parameters()).device
 
+    def _reduce_record(self, record: dict) -> dict:
+        """Metrics over all ranks: means of the floats, sums of counts, the ESS of the whole batch."""
+        log_w = record.pop("log_w", None)
+        if log_w is not None:
+            log_w = dd.all_gather_cat(log_w.detach())
+            record["ess_batch"] = ess(log_w.cpu().numpy()) if torch.isfinite(log_w).any() else 0.0
+        if not self.dist.enabled:
+            return record
+        counts = dd.all_reduce_sum({k: record[k] for k in ("dropped",) if k in record})
+        floats = dd.all_reduce_mean({k: v for k, v in record.items()
+                                     if k not in counts and k != "ess_batch" and isinstance(v, float)})
+        record.update(floats)
+        record.update({k: int(v) for k, v in counts.items()})
+        return record
+
     def train_step(self) -> dict:
-        """One optimizer step (or a counted skip). Returns the logged record."""
+        """One optimizer step (or a counted skip), this rank's part of it under torchrun. Returns the
+        logged record (reduced over ranks)."""
         self.model.train()
+        _seed_step(self.settings.seed, self.dist.rank, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss, record = self.compute_loss()
         record["dropped"] = record.get("dropped", 0)
-        skipped = not torch.isfinite(torch.as_tensor(loss))
-        grad_norm = float("nan")
-        if not skipped:
+        finite = bool(torch.isfinite(torch.as_tensor(loss)))
+        if finite:
             loss.backward()
+        if self.dist.enabled:  # every rank takes part, even one whose loss is not finite (NaN spreads)
+            if not finite:
+                for p in self.model.parameters():
+                    p.grad = torch.full_like(p, float("nan")) if p.requires_grad else None
+            dd.all_reduce_gradients(self.model.parameters())
+            finite = True
+        grad_norm = float("nan")
+        if finite:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip))
-            skipped = not math.isfinite(grad_norm)
+        skipped = not math.isfinite(grad_norm)
+        record = self._reduce_record(record)
         with self._signals_deferred():  # the update and its counters happen all together or not at all
             if skipped:
                 self.n_skipped += 1
@@ -274,9 +323,10 @@ class Trainer:
                 self.scheduler.step()
             self.n_dropped += record["dropped"]
             self.step += 1
-            self._step_start_rng = None  # from here on, the state is the boundary after this step
         record.update(step=self.step, loss=float(loss.detach()) if torch.is_tensor(loss) else float(loss),
                       grad_norm=grad_norm, lr=lr, skipped=int(skipped))
+        if self.dist.enabled:
+            record["loss"] = dd.all_reduce_mean({"loss": record["loss"]})["loss"]
         self._warn_if_many_skipped()
         return record
 
@@ -284,9 +334,10 @@ class Trainer:
         frac = self.settings.skip_warning_fraction
         if not self._skip_warned and self.step >= 10 and self.n_skipped > frac * self.step:
             self._skip_warned = True
-            warnings.warn(f"{self.n_skipped} of {self.step} training steps were skipped (non-finite loss or "
-                          f"gradient), more than train.skip_warning_fraction = {frac}: training is stalling",
-                          RuntimeWarning, stacklevel=3)
+            if dd.is_main():
+                warnings.warn(f"{self.n_skipped} of {self.step} training steps were skipped (non-finite loss or "
+                              f"gradient), more than train.skip_warning_fraction = {frac}: training is stalling",
+                              RuntimeWarning, stacklevel=3)
 
     def validation_nll(self) -> float:
         """NLL (nats) of the fixed held-out samples under the current model, no graph kept."""
@@ -306,16 +357,28 @@ class Trainer:
             yield
         finally:
             self._defer_signals = False
-        if self._pending_signal is not None:
+        if self._pending_signal is not None and not self.dist.enabled:
             signum, self._pending_signal = self._pending_signal, None
-            self._step_start_rng = None  # the step is complete: the state now is a step boundary
             raise _Stop(signum)
 
     def _on_signal(self, signum, frame):
-        if self._defer_signals:
+        # Under torchrun every rank gets the signal but may be inside a collective: the ranks then
+        # stop together at the next step boundary (see _agree), never one alone mid-step.
+        if self._defer_signals or self.dist.enabled:
             self._pending_signal = signum
             return
         raise _Stop(signum)
+
+    def _agree(self, elapsed: float) -> tuple[int | None, float]:
+        """Under torchrun: the signal any rank got (or None) and the largest elapsed time, so that
+        every rank stops at the same step."""
+        if not self.dist.enabled:
+            return self._pending_signal, elapsed
+        t = torch.tensor([float(self._pending_signal or 0), elapsed], dtype=torch.float64,
+                         device="cuda" if self.dist.backend == "nccl" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        signum = int(t[0].item())
+        return (signum or None), float(t[1].item())
 
     @contextlib.contextmanager
     def _stop_signals_saved(self):
@@ -342,27 +405,34 @@ class Trainer:
         """Run until ``settings.steps`` or the wall-clock budget. Returns a summary dict."""
         t = self.settings
         self._check_fresh_folder()
-        if self.overwrite and not self._resumed and self.step == 0 and self.metrics_path.exists():
+        main = dd.is_main()
+        if main and self.overwrite and not self._resumed and self.step == 0 and self.metrics_path.exists():
             self.metrics_path.unlink()
         budget = None if t.budget_minutes is None else 60.0 * t.budget_minutes
-        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train",
+                   dynamic_ncols=True)
         stop_reason = "steps"
         last_step = 0.0  # the budget is a cap: a step that would end past it is not started
+        log = open(self.metrics_path, "a") if main else contextlib.nullcontext()
         try:
-            with self._stop_signals_saved(), open(self.metrics_path, "a") as log:
+            with self._stop_signals_saved(), log:
                 try:
-                    if self.val_x is not None and self.step == 0:
+                    if self.val_x is not None and self.step == 0 and main:
                         log.write(json.dumps({"step": 0, "val_nll": self.validation_nll()}) + "\n")
                     while self.step < t.steps:
-                        if budget is not None and self.elapsed + last_step > budget:
+                        signum, elapsed = self._agree(self.elapsed + last_step)
+                        if signum is not None:
+                            raise _Stop(signum)
+                        if budget is not None and elapsed > budget:
                             stop_reason = "budget"
                             break
-                        self._step_start_rng = _rng_state()
                         t0 = time.perf_counter()
                         record = self.train_step()
                         last_step = time.perf_counter() - t0
                         self.elapsed += last_step
                         record["time"] = round(self.elapsed, 3)
+                        if not main:
+                            continue
                         if self.val_x is not None and self.step % self.val_every == 0:
                             record["val_nll"] = self.validation_nll()
                         if (self.step % t.log_every == 0 or self.step == t.steps or self.step == 1
@@ -376,24 +446,19 @@ class Trainer:
                             with self._signals_deferred():
                                 self.save()
                 except _Stop as stop:
-                    self._abandon_step()
+                    self.optimizer.zero_grad(set_to_none=True)  # a step cut short leaves no trace
                     self.save()
                     raise TrainingInterrupted(self.step, stop.signum) from None
                 except KeyboardInterrupt:  # raised by other code (a library's own SIGINT handling)
-                    self._abandon_step()
+                    self.optimizer.zero_grad(set_to_none=True)
                     self.save()
                     raise TrainingInterrupted(self.step, signal.SIGINT) from None
         finally:
             bar.close()
         self.save()
         return {"steps": self.step, "stop_reason": stop_reason, "train_seconds": round(self.elapsed, 1),
-                "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped}
-
-    def _abandon_step(self) -> None:
-        """Forget a step cut short by a signal: no gradient kept, RNG back to the step's start."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._step_start_rng is not None:
-            _set_rng_state(self._step_start_rng)  # state_dict() saves the same state
+                "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped,
+                "world_size": self.dist.world_size}
 
 
 class _Stop(BaseException):
