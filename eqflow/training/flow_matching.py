@@ -62,7 +62,10 @@ def _permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def _rotate_onto(x1: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    rot = kabsch_rotation(x1, x0)  # proper rotations only
+    # The rotation is a constant of the pair: no gradient through the SVD, which is unstable where
+    # singular values coincide. Proper rotations only.
+    with torch.no_grad():
+        rot = kabsch_rotation(x1, x0)
     return remove_mean(x1) @ rot.transpose(-1, -2)
 
 
@@ -140,11 +143,14 @@ def draw_base(flow: ContinuousFlow, n: int, generator: torch.Generator | None = 
     """``(x0 [n, N, dim], components [n] or None)`` from the flow's base.
 
     A :class:`~eqflow.flows.MixtureFlow` base gives each sample's component (``k ~ π``), which
-    :func:`flow_matching_loss` needs to condition the field; a plain flow gives None.
+    :func:`flow_matching_loss` needs to condition the field; a plain flow gives None. The samples are
+    detached (no gradient to the base).
     """
-    if isinstance(flow, MixtureFlow):
-        return flow.base.sample(n, generator)
-    return flow.base.sample(n, generator), None
+    # Detached: flow matching trains the field; the base's parameters get no gradient from the pairs.
+    with torch.no_grad():
+        if isinstance(flow, MixtureFlow):
+            return flow.base.sample(n, generator)
+        return flow.base.sample(n, generator), None
 
 
 def flow_matching_path(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma_min: float = 0.0,
