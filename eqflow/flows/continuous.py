@@ -34,7 +34,8 @@ class ContinuousFlow(torch.nn.Module):
     Parameters
     ----------
     field : equivariant vector field ``v(t [B], x [B, N, dim], h [B, N, F]) -> [B, N, dim]``
-    base : :class:`~eqflow.distributions.CoMFreeGaussian` (``MixtureFlow`` takes a mixture)
+    base : :class:`~eqflow.distributions.CoMFreeGaussian` or :class:`~eqflow.distributions.HarmonicBase`
+        (``MixtureFlow`` takes a mixture)
     node_features : ``[N, F]`` invariant per-atom features passed to the field (atom types), or None
     divergence : ``"exact"`` (``N·dim`` backward passes) or ``"hutchinson"`` (one, unbiased)
     noise : Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; drawn once per solve
@@ -172,7 +173,11 @@ class ContinuousFlow(torch.nn.Module):
 
     def _base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         # z is CoM-free by construction (base samples, or mean-free velocities from a checked x):
-        # skip the base's input check, a host sync per solve.
+        # skip the base's input check, a host sync per solve. Bases other than the isotropic Gaussian
+        # (HarmonicBase) say how through ``log_prob_unchecked``.
+        unchecked = getattr(self.base, "log_prob_unchecked", None)
+        if unchecked is not None:
+            return unchecked(z)
         return com_free_gaussian_log_prob(z, self.base.scale, self.n_atoms, self.dim)
 
     def forward(self, n: int):
