@@ -123,15 +123,17 @@ class ZMatrix:
     n_atoms : int
     root : ``(r0, r1, r2)``
     rows : sequence of ``(i, j, k, l)`` (``n_atoms - 3`` of them), each using only atoms placed before.
+    bonds : optional bond list; only used to mark improper torsions.
 
     Attributes
     ----------
     n_atoms, root, rows ``LongTensor [N - 3, 4]``, order (placement order, list of N atom indices),
     bond_idx ``[N - 1, 2]``, angle_idx ``[N - 2, 3]``, torsion_idx ``[N - 3, 4]``,
-    n_bonds, n_angles, n_torsions, n_ic (= 3N - 6).
+    n_bonds, n_angles, n_torsions, n_ic (= 3N - 6),
+    improper (bool ``[N - 3]``: row's ``l`` is bonded to ``j``; all False when no bonds are given).
     """
 
-    def __init__(self, n_atoms: int, root, rows):
+    def __init__(self, n_atoms: int, root, rows, bonds=None):
         self.n_atoms = int(n_atoms)
         if self.n_atoms < 3:
             raise ValueError(f"a Z-matrix needs at least 3 atoms, got {n_atoms}")
@@ -157,6 +159,8 @@ class ZMatrix:
         self.torsion_idx = self.rows.clone()
         self.n_bonds, self.n_angles, self.n_torsions = self.n_atoms - 1, self.n_atoms - 2, self.n_atoms - 3
         self.n_ic = 3 * self.n_atoms - 6
+        bonded = {frozenset((int(a), int(b))) for a, b in (bonds or ())}
+        self.improper = torch.tensor([frozenset((j, l)) in bonded for _, j, _, l in rows], dtype=torch.bool)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -166,8 +170,10 @@ class ZMatrix:
         Atoms are placed in order of (hydrogen last, then index) among those bonded to a placed atom,
         so heavy atoms and the backbone become the references. Each atom ``i`` is placed from its
         placed neighbour ``j`` (heavy first), ``k`` a placed neighbour of ``j`` and ``l`` a placed
-        neighbour of ``k`` (else another placed neighbour of ``j``, an improper torsion), each time
-        preferring atoms in ``prefer``, then heavy atoms, then the earliest placed.
+        neighbour of ``k`` (else another placed neighbour of ``j``), each time
+        preferring atoms in ``prefer``, then heavy atoms, then the earliest placed. Where ``j`` already
+        has another placed heavy neighbour, that one is ``l`` (an improper torsion): branch atoms then
+        get nearly rigid torsions that fix the handedness of ``j`` on their own.
 
         Parameters
         ----------
@@ -181,6 +187,7 @@ class ZMatrix:
         prefer : atoms to use as references first (e.g. backbone N, CA, C).
         """
         n = int(n_atoms)
+        bonds = [(int(a), int(b)) for a, b in bonds]
         nbr = [set() for _ in range(n)]
         for a, b in bonds:
             nbr[int(a)].add(int(b))
@@ -221,13 +228,17 @@ class ZMatrix:
                 if not ks:  # j is a leaf so far: fall back to any placed atom
                     ks = [b for b in rank if b != j]
                 k = min(ks, key=key)
-                ls = [b for b in nbr[k] if b in rank and b not in (i, j)]
+                # A heavy sibling on j first: an improper torsion i-j-k-l with l bonded to j is
+                # nearly rigid and alone fixes the handedness at j (CB-CA-N-C for alanine's CA);
+                # a proper torsion would tie it to the backbone torsion before it (phi).
+                ls = [b for b in nbr[j] if b in rank and b not in (i, k) and heavy[b]]
+                ls = ls or [b for b in nbr[k] if b in rank and b not in (i, j)]
                 ls = ls or [b for b in nbr[j] if b in rank and b not in (i, k)]
                 ls = ls or [b for b in rank if b not in (i, j, k)]
                 row = (i, j, k, min(ls, key=key))
             rows.append(row)
             rank[i] = len(rank)
-        return cls(n, root, rows)
+        return cls(n, root, rows, bonds=bonds)
 
     @classmethod
     def from_topology(cls, topology, root=None, torsions=None) -> "ZMatrix":
