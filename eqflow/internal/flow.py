@@ -22,6 +22,7 @@ here bonds and angles (intervals) and torsions (circle) share one coupling stack
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -188,6 +189,11 @@ class ICFlow(nn.Module):
             tetrahedral = ((t.abs() > _PI / 6) & (t.abs() < 5 * _PI / 6)).all(0)
             same_sign = (t.sign() == t[:1].sign()).all(0)
             chiral = zmatrix.improper & tetrahedral & same_sign
+            mixed = zmatrix.improper & tetrahedral & ~same_sign
+            if fix_chirality and bool(mixed.any()):
+                rows = [tuple(r) for r in zmatrix.rows[mixed].tolist()]
+                warnings.warn(f"improper torsions {rows} change sign within the data (both enantiomers?): "
+                              "they stay circular, so the model can make both", stacklevel=2)
             sign = torch.where(chiral & fix_chirality, t[0].sign(), torch.zeros_like(t[0])).long()
         return cls(zmatrix, lo[:nb], hi[:nb], lo[nb:], hi[nb:], torsion_sign=sign, **kwargs)
 

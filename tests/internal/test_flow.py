@@ -129,3 +129,10 @@ def test_chirality_can_be_left_free(ala):
     fixed = ICFlow.from_data(z, x, hidden=(8,))
     held = (~fixed.circular[z.n_bonds + z.n_angles:]).nonzero().flatten()
     assert [tuple(r) for r in z.rows[held].tolist()] == [(10, 8, 6, 14), (9, 8, 6, 14)]  # CB-, HA-CA-N-C
+
+
+def test_mixed_enantiomers_in_data_warn(ala):
+    z, x = ala
+    with pytest.warns(UserWarning, match="change sign"):
+        flow = ICFlow.from_data(z, torch.cat([x, -x]), hidden=(8,))
+    assert flow.circular.sum() == z.n_torsions

@@ -167,3 +167,14 @@ def test_angles_near_zero_and_pi_are_accurate():
                      dtype=torch.float64)
     a = bond_angles(x, torch.tensor([[0, 1, 2]]))
     assert torch.allclose(a[:, 0], torch.tensor([1e-9, math.pi - 1e-9], dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_default_root_and_hydrogens_last():
+    # isobutanol-like heavy skeleton C0-C1(-C2)-C3-O4 with hydrogens 5 (on O4) and 6 (on C0)
+    bonds = [(0, 1), (1, 2), (1, 3), (3, 4), (4, 5), (0, 6)]
+    heavy = [True] * 5 + [False] * 2
+    z = ZMatrix.from_bonds(7, bonds, heavy=heavy)
+    assert z.root == (0, 1, 2)  # C1 has the most heavy neighbours; its two lowest-index ones around it
+    assert z.order[-2:] == [5, 6]
+    x = torch.randn(3, 7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert (z.inverse(*z(x)) - x).abs().max() < 1e-10
