@@ -12,19 +12,16 @@ kept as ``<name>.prev`` (:func:`previous_path`), the fallback when the newest on
 """
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
+from .data_io import atomic_write, remove_temporary_files
 from .errors import CheckpointError
 
-__all__ = ["save_checkpoint_atomic", "read_checkpoint", "previous_path", "remove_temporary_files",
-           "TEMP_MARKER"]
-
-TEMP_MARKER = ".tmp-"
+__all__ = ["save_checkpoint_atomic", "read_checkpoint", "previous_path", "remove_temporary_files"]
 
 
 def previous_path(path) -> Path:
@@ -33,71 +30,16 @@ def previous_path(path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint_atomic(obj: dict, path, keep_previous: bool = True) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``.
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then ``os.replace`` onto
+    ``path`` (:func:`eqflow.data_io.atomic_write`).
 
     A crash or kill during the write leaves the previous checkpoint intact. With ``keep_previous``
     the file being replaced is moved to :func:`previous_path` first, so a checkpoint damaged later
     (disk, copy) still has a fallback one save older.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def remove_temporary_files(folder) -> list[Path]:
-    """Delete temporary files left in ``folder`` by writes that were killed (``.<name>.tmp-<pid>``)
-    whose writer is gone. Returns the removed paths."""
-    removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    for p in folder.glob(f".*{TEMP_MARKER}*"):
-        pid = p.name.rsplit(TEMP_MARKER, 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            continue  # another process is writing it right now
-        try:
-            p.unlink()
-            removed.append(p)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - someone else's process
-        return True
-    return True
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), suffix=".pt", fsync=True,
+                        backup=previous_path(path) if keep_previous else None)
 
 
 def read_checkpoint(path) -> dict:

@@ -331,7 +331,7 @@ def _fallback(tmp):
 def _temp_files(tmp):
     tr = _tiny_trainer(_tiny_cfg(steps=2), tmp)
     tr.train()
-    dead = tmp / ".checkpoint.pt.tmp-999999999"
+    dead = tmp / ".checkpoint.pt.tmp-999999999-abc123.pt"
     dead.write_bytes(b"partial")
     _tiny_trainer(_tiny_cfg(steps=2), tmp)
     return f"left behind: {dead.exists()}", not dead.exists()

@@ -104,7 +104,7 @@ def test_unsafe_pickle_is_refused(tmp_path):
 def test_leftover_temporary_files_are_removed_and_truncated_metrics_tolerated(tmp_path):
     tr = trainer(tiny(steps=3, checkpoint_every=3), tmp_path)
     tr.train()
-    dead = tmp_path / ".checkpoint.pt.tmp-999999999"  # from a write killed with kill -9
+    dead = tmp_path / ".checkpoint.pt.tmp-999999999-abc123.pt"  # from a write killed with kill -9
     dead.write_bytes(b"partial")
     with open(tr.metrics_path, "a") as fh:
         fh.write('{"step": 4, "loss": 1.2')  # a line cut short
