@@ -15,7 +15,7 @@ import torch
 
 from .openmm_bridge import OpenMMEnergy, kT_kj_per_mol
 
-__all__ = ["MolecularSystem", "alanine_dipeptide", "alanine_dipeptide_pdb", "ALA2_PHI", "ALA2_PSI",
+__all__ = ["MolecularSystem", "alanine_dipeptide", "pdb_system", "alanine_dipeptide_pdb", "ALA2_PHI", "ALA2_PSI",
            "ALA2_CHIRAL_CENTER", "IMPLICIT_SOLVENT_XML"]
 
 ALA2_PHI = (4, 6, 8, 14)
@@ -147,6 +147,7 @@ class MolecularSystem:
     dihedrals : dict name -> 4-tuple of atom indices (backbone phi/psi of each residue that has them;
         for a single residue named "phi" and "psi", otherwise "phi_<i>", "psi_<i>")
     chiral_centers : list of ``(center, (n, c, cb))`` for residues with CA and CB
+    chiral_signs : list of ±1, the handedness of each chiral centre in the PDB geometry
     temperature, kT (kJ/mol)
     """
 
@@ -204,11 +205,12 @@ class MolecularSystem:
 
         self.dihedrals = self._backbone_dihedrals()
         self.chiral_centers = self._chiral_centers()
+        self.chiral_signs = self._chiral_signs()
         self.energy = OpenMMEnergy(self.system, temperature, n_workers=n_workers, platform=platform,
                                    cpu_threads=cpu_threads, timeout=timeout)
         # What a model built from the registry's Energy alone needs (node features, analysis).
         for name in ("topology", "atom_types", "n_atom_types", "atom_type_names", "masses",
-                     "dihedrals", "chiral_centers"):
+                     "dihedrals", "chiral_centers", "chiral_signs", "positions"):
             setattr(self.energy, name, getattr(self, name))
 
     @property
@@ -237,6 +239,18 @@ class MolecularSystem:
             if all(k in by_name for k in ("N", "CA", "C", "CB")):
                 out.append((by_name["CA"], (by_name["N"], by_name["C"], by_name["CB"])))
         return out
+
+    def _chiral_signs(self) -> list[float]:
+        """Handedness (±1, :func:`eqflow.geometry.chirality_sign`) of each chiral centre in this
+        system's own PDB geometry: the enantiomer the reference data and the evaluation fold to."""
+        from ..geometry import chirality_sign
+        signs = []
+        for center, neighbors in self.chiral_centers:
+            s = float(chirality_sign(self.positions[None], center, neighbors)[0])
+            if s == 0:
+                raise ValueError(f"chiral centre {center} is planar in {self.pdb_path}")
+            signs.append(s)
+        return signs
 
     def close(self) -> None:
         """Stop the energy's worker processes, if any."""
@@ -268,5 +282,25 @@ def alanine_dipeptide(solvent: str = "vacuum", temperature: float = 300.0, **kwa
         raise ValueError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
     ff = ("amber99sbildn.xml",) + ((IMPLICIT_SOLVENT_XML,) if solvent == "implicit" else ())
     mol = MolecularSystem(alanine_dipeptide_pdb(), forcefield=ff, temperature=temperature, **kwargs)
+    mol.solvent = solvent
+    return mol
+
+
+def pdb_system(pdb: str, forcefield=("amber99sbildn.xml",), temperature: float = 300.0, solvent: str = "vacuum",
+               **kwargs) -> MolecularSystem:
+    """Any molecule from a PDB file and OpenMM force-field files (the ``pdb`` target of a config).
+
+    Parameters
+    ----------
+    pdb : path of the PDB file (hydrogens included)
+    forcefield : OpenMM force-field file names (a string or a list)
+    temperature : K
+    solvent : ``"vacuum"`` or ``"implicit"`` (adds :data:`IMPLICIT_SOLVENT_XML`)
+    **kwargs : passed to :class:`MolecularSystem` (n_workers, platform, cpu_threads, atom_types, timeout)
+    """
+    if solvent not in ("vacuum", "implicit"):
+        raise ValueError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
+    mol = MolecularSystem(pdb, forcefield=forcefield, temperature=temperature,
+                          implicit_solvent=solvent == "implicit", **kwargs)
     mol.solvent = solvent
     return mol

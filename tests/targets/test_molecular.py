@@ -85,3 +85,20 @@ def test_empty_or_non_pdb_file_gives_clear_error(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
         MolecularSystem(str(path))
+
+
+def test_pdb_target_from_a_config():
+    from eqflow.builders import build_target
+    from eqflow.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict({"target": {"name": "pdb", "reference": None,
+                                       "kwargs": {"pdb": alanine_dipeptide_pdb(), "solvent": "implicit",
+                                                  "temperature": 300.0}}})
+    energy = build_target(cfg)
+    ref = alanine_dipeptide("implicit")
+    x = ref.positions[None]
+    assert torch.equal(energy(x), ref.energy(x))
+    assert energy.chiral_signs == [1.0] and energy.dihedrals["phi"] == (4, 6, 8, 14)
+    bad = config_from_dict({"target": {"name": "pdb", "reference": None, "kwargs": {"pdb": "/nope.pdb"}}})
+    with pytest.raises(ConfigError, match="PDB file not found"):
+        build_target(bad)
