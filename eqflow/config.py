@@ -1,6 +1,6 @@
 """YAML configuration -> typed dataclasses. Unknown keys and wrong types are rejected by name.
 
-A config file has the sections ``target``, ``field``, ``flow``, ``train`` and ``eval``; every key is
+A config file has the sections ``target``, ``model``, ``field``, ``flow``, ``train`` and ``eval``; every key is
 optional and defaults to the values below. ``--set train.lr=3e-4`` style overrides go through
 :func:`apply_overrides` with the same checks.
 """
@@ -16,9 +16,10 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import EqflowError
+from .solvers import SOLVERS, SolverSettings
 
-__all__ = ["Config", "TargetConfig", "FieldConfig", "FlowConfig", "TrainConfig", "EvalConfig",
-           "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides"]
+__all__ = ["Config", "TargetConfig", "ModelConfig", "FieldConfig", "FlowConfig", "TrainConfig", "EvalConfig",
+           "ConfigError", "load_config", "train_solver", "eval_solver", "config_from_dict", "config_to_dict", "apply_overrides"]
 
 
 class ConfigError(EqflowError, ValueError):
@@ -106,8 +107,19 @@ class EvalConfig:
 
 
 @dataclass
+class ModelConfig:
+    kind: str = "cartesian"       # cartesian (eqflow's E(3) flow: field + flow sections) | ic (internal-coordinate baseline)
+    ic_layers: int = 6            # IC: coupling layers (rational-quadratic splines, circular for torsions)
+    ic_bins: int = 8              # IC: spline bins
+    ic_hidden: int = 128          # IC: conditioner MLP width (two hidden layers)
+    ic_bond_width: float = 0.15   # IC: bond boxes are the PDB bond length ± this fraction
+    ic_angle_width: float = 0.6   # IC: angle boxes are the PDB angle ± this (radians), within [0, pi]
+
+
+@dataclass
 class Config:
     target: TargetConfig = dc_field(default_factory=TargetConfig)
+    model: ModelConfig = dc_field(default_factory=ModelConfig)
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     flow: FlowConfig = dc_field(default_factory=FlowConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
@@ -175,6 +187,19 @@ def config_from_dict(data: dict | None) -> Config:
     return cfg
 
 
+def train_solver(cfg: Config) -> SolverSettings:
+    """The training solve of ``cfg.flow`` as a :class:`~eqflow.solvers.SolverSettings`."""
+    fl = cfg.flow
+    return SolverSettings(fl.solver, fl.n_steps, fl.rtol, fl.atol)
+
+
+def eval_solver(cfg: Config) -> SolverSettings:
+    """The evaluation solve: ``eval.solver`` / ``eval.n_steps`` / tolerances, each falling back to
+    the training value."""
+    ev, fl = cfg.eval, cfg.flow
+    return SolverSettings(ev.solver or fl.solver, ev.n_steps or fl.n_steps, ev.rtol or fl.rtol, ev.atol or fl.atol)
+
+
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -225,17 +250,19 @@ def _parse_value(raw: str):
 
 
 _CHOICES = {
+    ("model", "kind"): ("cartesian", "ic"),
     ("field", "kind"): ("egnn", "e3nn"),
     ("field", "coord_aggregation"): ("mean", "sum"),
-    ("flow", "solver"): ("euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"),
+    ("flow", "solver"): SOLVERS,
     ("flow", "divergence"): ("exact", "hutchinson"),
     ("flow", "noise"): ("rademacher", "gaussian"),
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
     ("train", "dtype"): ("float32", "float64"),
     ("eval", "divergence"): ("exact", "hutchinson"),
-    ("eval", "solver"): (None, "euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"),
+    ("eval", "solver"): (None,) + SOLVERS,
 }
-_POSITIVE = [("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"), ("flow", "n_steps"), ("flow", "n_components"),
+_POSITIVE = [("model", "ic_layers"), ("model", "ic_bins"), ("model", "ic_hidden"), ("model", "ic_bond_width"),
+             ("model", "ic_angle_width"), ("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"), ("flow", "n_steps"), ("flow", "n_components"),
              ("train", "steps"), ("train", "batch_size"), ("train", "lr"), ("train", "grad_clip"),
              ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "n_samples"),
              ("eval", "batch_size"), ("train", "ml_batch_size")]
