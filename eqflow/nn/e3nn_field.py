@@ -48,7 +48,7 @@ class E3NNField(nn.Module):
     """
 
     def __init__(self, dim: int = 3, n_node_features: int = 0, n_scalars: int = 32,
-                 hidden_irreps: str = "32x0e + 8x1o", n_layers: int = 3, lmax: int = 2,
+                 hidden_irreps: str = "64x0e + 16x1o", n_layers: int = 3, lmax: int = 2,
                  n_basis: int = 8, r_max: float = 5.0, radial_hidden: int = 16, n_frequencies: int = 4,
                  edge_channels: int | None = 8, edges: str = "dense", avg_num_neighbors: float | None = None,
                  backend: str = "e3nn"):

@@ -133,3 +133,43 @@ def test_cueq_backend_equals_e3nn(float64, edges):
     p_ref = torch.autograd.grad((g_ref * eps).sum(), list(ref.parameters()))
     p_cu = torch.autograd.grad((g_cu * eps).sum(), list(cu.parameters()))
     assert max((a - b).abs().max().item() for a, b in zip(p_ref, p_cu)) < 1e-10
+
+
+# The README's example ("Equivariant layers in your own model"), verbatim.
+from eqflow.nn import E3NNConv, RadialEmbedding, dense_edges  # noqa: E402
+
+
+class ForceModel(torch.nn.Module):
+    """Equivariant forces from positions and atom types with two E3NNConv layers."""
+
+    def __init__(self, n_types, r_max=5.0):
+        super().__init__()
+        self.embed = torch.nn.Embedding(n_types, 16)
+        self.sh = o3.SphericalHarmonics("1x0e + 1x1o + 1x2e", normalize=True, normalization="component")
+        self.radial = RadialEmbedding(r_max, n_basis=8)
+        conv1 = E3NNConv("16x0e", "16x0e + 8x1o", self.sh.irreps_out, n_basis=8)
+        conv2 = E3NNConv(conv1.irreps_out, "16x0e + 8x1o", self.sh.irreps_out, n_basis=8)
+        self.convs = torch.nn.ModuleList([conv1, conv2])
+        self.out = o3.Linear(conv2.irreps_out, "1x1o")
+
+    def forward(self, x, types):                      # x [B, N, 3], types [N] long
+        b, n, _ = x.shape
+        src, dst = dense_edges(b, n, x.device)        # or radius_edges(x, r_max)
+        vec = x.reshape(-1, 3)[dst] - x.reshape(-1, 3)[src]
+        sh, rad = self.sh(vec), self.radial(vec.norm(dim=-1))
+        f = self.embed(types).repeat(b, 1)            # [B*N, 16] invariant node features
+        for conv in self.convs:
+            f = conv(f, sh, rad, src, dst, avg_num_neighbors=n - 1)
+        return self.out(f).reshape(b, n, 3)           # [B, N, 3]
+
+
+def test_readme_model_from_conv_layers(float64):
+    torch.manual_seed(4)
+    model = ForceModel(n_types=3)
+    types = torch.tensor([0, 1, 2, 0, 1, 0])
+    errors = assert_equivariant(lambda x: model(x, types), args_in=[torch.randn(2, N_ATOMS, 3)],
+                                irreps_in=["cartesian_points"], irreps_out=["1o"], tolerance=1e-10)
+    assert max(e.max().item() for e in errors.values()) < 1e-10
+    forces = model(torch.randn(2, N_ATOMS, 3), types)
+    forces.pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
