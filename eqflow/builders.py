@@ -49,7 +49,9 @@ def build_field(cfg: Config, dim: int, n_node_features: int) -> torch.nn.Module:
     else:
         field = E3NNField(dim=dim, n_node_features=n_node_features, n_scalars=f.n_scalars,
                           hidden_irreps=f.hidden_irreps, n_layers=f.n_layers, lmax=f.lmax, n_basis=f.n_basis,
-                          r_max=f.r_max, n_frequencies=f.n_frequencies)
+                          r_max=f.r_max, radial_hidden=f.radial_hidden, n_frequencies=f.n_frequencies,
+                          edge_channels=f.edge_channels, edges=f.edges, avg_num_neighbors=f.avg_num_neighbors,
+                          backend=f.e3nn_backend)
     return field if f.length_scale == 1.0 else ScaledField(field, f.length_scale)
 
 

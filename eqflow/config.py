@@ -43,11 +43,16 @@ class FieldConfig:
     n_frequencies: int = 4        # time embedding
     coord_gain: float = 1.0       # EGNN coordinate-update scale
     coord_aggregation: str = "mean"  # EGNN: mean or sum of the pair terms of the coordinate update
-    n_scalars: int = 16           # e3nn: scalar embedding width
-    hidden_irreps: str = "16x0e + 8x1o + 4x2e"  # e3nn hidden irreps
-    lmax: int = 2                 # e3nn spherical harmonics degree
-    n_basis: int = 10             # e3nn radial basis size
-    r_max: float = 5.0            # e3nn radial basis range (in units of length_scale)
+    n_scalars: int = 32           # e3nn: scalar embedding width (time and node features)
+    hidden_irreps: str = "64x0e + 16x1o"  # e3nn hidden irreps (must include 1o: the velocity is read from it)
+    lmax: int = 2                 # e3nn edge spherical harmonics degree
+    n_basis: int = 8              # e3nn Bessel radial basis size
+    r_max: float = 5.0            # e3nn cutoff: pairs farther apart do not interact (units of length_scale)
+    radial_hidden: int = 16       # e3nn radial MLP width (edge-wise: cost grows with it)
+    edge_channels: Optional[int] = 8  # e3nn channels per irrep in the edge tensor products (null: full width)
+    edges: str = "dense"          # e3nn edge list: dense (all pairs) | radius (pairs within r_max; same field)
+    avg_num_neighbors: Optional[float] = None  # e3nn message sum divided by its square root (null: n_atoms - 1)
+    e3nn_backend: str = "e3nn"    # e3nn | cueq (cuequivariance-torch, pip install 'eqflow[cueq]')
     length_scale: float = 1.0     # the field sees x / length_scale (molecules in nm: 0.1)
 
 
@@ -253,6 +258,8 @@ _CHOICES = {
     ("model", "kind"): ("cartesian", "ic"),
     ("field", "kind"): ("egnn", "e3nn"),
     ("field", "coord_aggregation"): ("mean", "sum"),
+    ("field", "edges"): ("dense", "radius"),
+    ("field", "e3nn_backend"): ("e3nn", "cueq"),
     ("flow", "solver"): SOLVERS,
     ("flow", "divergence"): ("exact", "hutchinson"),
     ("flow", "noise"): ("rademacher", "gaussian"),
@@ -262,7 +269,9 @@ _CHOICES = {
     ("eval", "solver"): (None,) + SOLVERS,
 }
 _POSITIVE = [("model", "ic_layers"), ("model", "ic_bins"), ("model", "ic_hidden"), ("model", "ic_bond_width"),
-             ("model", "ic_angle_width"), ("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"), ("flow", "n_steps"), ("flow", "n_components"),
+             ("model", "ic_angle_width"), ("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"),
+             ("field", "n_scalars"), ("field", "n_basis"), ("field", "r_max"), ("field", "radial_hidden"),
+             ("flow", "n_steps"), ("flow", "n_components"),
              ("train", "steps"), ("train", "batch_size"), ("train", "lr"), ("train", "grad_clip"),
              ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "n_samples"),
              ("eval", "batch_size"), ("train", "ml_batch_size")]
@@ -291,6 +300,23 @@ def _validate(cfg: Config) -> None:
     if not 0 <= cfg.train.skip_warning_fraction <= 1:
         raise ConfigError("config key 'train.skip_warning_fraction' must be in [0, 1], "
                           f"got {cfg.train.skip_warning_fraction!r}")
+    for key in ("edge_channels", "avg_num_neighbors"):
+        value = getattr(cfg.field, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config key 'field.{key}' must be positive or null, got {value!r}")
+    if cfg.field.kind == "e3nn":
+        if cfg.field.lmax < 1:  # l = 1 harmonics carry the direction of each pair
+            raise ConfigError(f"config key 'field.lmax' must be >= 1, got {cfg.field.lmax!r}")
+        from e3nn import o3
+
+        try:
+            irreps = o3.Irreps(cfg.field.hidden_irreps)
+        except (ValueError, AssertionError) as exc:
+            raise ConfigError(f"config key 'field.hidden_irreps' is not an irreps string: "
+                              f"{cfg.field.hidden_irreps!r} ({exc})") from None
+        if o3.Irrep("1o") not in {ir for _, ir in irreps}:
+            raise ConfigError(f"config key 'field.hidden_irreps' must include 1o channels, got "
+                              f"{cfg.field.hidden_irreps!r}")
     if cfg.eval.n_steps is not None and cfg.eval.n_steps < 1:
         raise ConfigError(f"config key 'eval.n_steps' must be positive or null, got {cfg.eval.n_steps!r}")
     if cfg.train.ml_weight > 0 and not cfg.target.reference:
