@@ -64,3 +64,11 @@ def test_rank0_alone_writes_and_checkpoints_resume_across_world_sizes(tmp_path):
     train(tmp_path, run, 7, 2, "--resume")  # a 1-rank checkpoint on 2 ranks
     assert read_checkpoint(run / "checkpoint.pt")["step"] == 7
     assert [json.loads(line)["step"] for line in open(run / "metrics.jsonl")] == list(range(1, 8))
+
+
+def test_scaling_table_efficiency():
+    from eqflow.benchmark_scaling import scaling_table
+    rows = [{"world": 1, "system": "dw4", "batch": 256, "seconds_per_step": 1.0, "samples_per_second": 100.0},
+            {"world": 2, "system": "dw4", "batch": 256, "seconds_per_step": 0.625, "samples_per_second": 160.0}]
+    table = scaling_table(rows)
+    assert "80%" in table.splitlines()[-1] and table.splitlines()[-1].count("80%") == 2
