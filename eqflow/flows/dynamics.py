@@ -23,13 +23,15 @@ class AugmentedDynamics(torch.nn.Module):
     The solver boundary is the only place positions are flat. One instance per solve binds the
     node features ``h``, the divergence mode (``None`` to skip it) and, for Hutchinson, the
     ``noise``, which so stays fixed across all solver stages, checkpoint recomputations and the
-    adjoint pass. When autograd is off (evaluation) no graph outlives one evaluation: the
+    adjoint pass. ``exact_method`` and ``exact_chunk_size`` choose how the exact divergence batches
+    its vector-Jacobian products (see :func:`~eqflow.flows.divergence.exact_divergence`). When autograd is off (evaluation) no graph outlives one evaluation: the
     divergence's graph is built locally and dropped, so memory does not grow with the number of steps.
     """
 
     def __init__(self, field: torch.nn.Module, n_atoms: int, dim: int, h: torch.Tensor | None = None,
                  divergence: str | None = "exact", noise: torch.Tensor | None = None,
-                 checkpoint: bool = False, transport_cost: bool = False):
+                 checkpoint: bool = False, transport_cost: bool = False, exact_method: str = "auto",
+                 exact_chunk_size: int | None = None):
         super().__init__()
         if divergence not in DIVERGENCES + (None,):
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES} or None")
@@ -41,6 +43,7 @@ class AugmentedDynamics(torch.nn.Module):
         self.n_atoms, self.dim = n_atoms, dim
         self.h, self.divergence, self.noise, self.checkpoint = h, divergence, noise, checkpoint
         self.transport_cost = transport_cost
+        self.exact_method, self.exact_chunk_size = exact_method, exact_chunk_size
         self.nfe = 0
 
     def forward(self, t: torch.Tensor, state):
@@ -71,7 +74,8 @@ class AugmentedDynamics(torch.nn.Module):
                 x = x.detach().requires_grad_(True)
             v = self.field(t, x, self.h)
             if self.divergence == "exact":
-                out = exact_divergence(v, x, create_graph=keep_graph, frobenius=self.transport_cost)
+                out = exact_divergence(v, x, create_graph=keep_graph, frobenius=self.transport_cost,
+                                       method=self.exact_method, chunk_size=self.exact_chunk_size)
             else:
                 out = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph,
                                             frobenius=self.transport_cost)
