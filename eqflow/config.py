@@ -90,7 +90,8 @@ class TrainConfig:
 class EvalConfig:
     n_samples: int = 10000        # samples for ESS and energy/structure metrics
     batch_size: int = 1000
-    divergence: str = "exact"     # exact log-densities for evaluation (hutchinson for large systems)
+    divergence: str = "exact"     # evaluation log-densities: exact | hutchinson | auto (exact on a GPU,
+                                  # and on CPU up to 40 coordinates; see generator.AUTO_EXACT_CPU_COORDS)
     solver: Optional[str] = None  # evaluation solver; null: the training solver. Importance weights need
     n_steps: Optional[int] = None  # a converged solve: null here means flow.n_steps
     rtol: Optional[float] = None  # adaptive eval solvers (null: flow.rtol / flow.atol)
@@ -229,7 +230,7 @@ _CHOICES = {
     ("flow", "noise"): ("rademacher", "gaussian"),
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
     ("train", "dtype"): ("float32", "float64"),
-    ("eval", "divergence"): ("exact", "hutchinson"),
+    ("eval", "divergence"): ("exact", "hutchinson", "auto"),
     ("eval", "solver"): (None, "euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"),
 }
 _POSITIVE = [("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"), ("flow", "n_steps"), ("flow", "n_components"),

@@ -49,7 +49,7 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
     x, log_q = x.cpu(), log_q.cpu()  # metrics, energies of CPU targets and plots work on the host
     molecule = _is_molecule(gen.target)
     settings = gen.solver_settings()
-    out = {"n_samples": n_samples,
+    out = {"n_samples": n_samples, "eval_divergence": gen.eval_divergence(),
            "eval_solver": settings["solver"] + (f"-{settings['n_steps']}" if settings["solver"] in
                                                  ("euler", "midpoint", "rk4") else f"-{settings['rtol']:g}")}
     if cfg.eval.solver_check:

@@ -216,8 +216,10 @@ class Trainer:
         self.flow.eval()
         x = self.val_x.to(device=self._device(), dtype=self._dtype())
         bs = self.cfg.eval.batch_size
+        from ..generator import resolve_eval_divergence
+        div = resolve_eval_divergence(self.cfg.eval.divergence, self.flow.n_atoms, self.flow.dim, x.device)
         with torch.no_grad():
-            lq = torch.cat([self.flow.log_prob(x[i:i + bs], divergence=self.cfg.eval.divergence)
+            lq = torch.cat([self.flow.log_prob(x[i:i + bs], divergence=div)
                             for i in range(0, x.shape[0], bs)])
         return nll(lq)
 
