@@ -34,6 +34,7 @@ class DivergenceCase:
     device: str = "cpu"
     exact_method: str = "loop"  # exact divergence: "loop" (one backward pass per coordinate) | "batched"
     exact_chunk_size: int | None = None  # batched: basis vectors per backward pass (None: default)
+    exact_row_chunk: int | str | None = "auto"  # exact: rows per block of field + divergence (None: all)
     compile: bool = False  # torch.compile the field (the warm-up absorbs the compilation)
 
     @property
@@ -61,7 +62,8 @@ def run_case(case: DivergenceCase) -> dict:
     field = EGNNField(dim=case.dim, hidden=case.hidden, n_layers=case.n_layers).to(device)
     if case.compile:
         field = torch.compile(field, dynamic=False)
-    kw = dict(divergence=case.divergence, exact_method=case.exact_method, exact_chunk_size=case.exact_chunk_size)
+    kw = dict(divergence=case.divergence, exact_method=case.exact_method, exact_chunk_size=case.exact_chunk_size,
+              exact_row_chunk=case.exact_row_chunk)
     flow = ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), solver="rk4", n_steps=case.n_steps,
                           adjoint=case.memory_mode == "adjoint", checkpoint=case.memory_mode == "checkpoint",
                           **kw).to(device)

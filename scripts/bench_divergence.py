@@ -23,6 +23,8 @@ def main():
     p.add_argument("--tasks", nargs="+", default=["sample", "revkl"], choices=["sample", "revkl"])
     p.add_argument("--modes", nargs="+", default=["exact-loop", "exact-batched", "hutchinson"],
                    help="exact-loop | exact-batched | hutchinson, each optionally with +compile")
+    p.add_argument("--row-chunk", default="auto",
+                   help="exact: rows per block of field + divergence: auto (32 on CPU, all on GPU), none, or N")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="exact-batched: coordinates per backward pass (default: from a memory budget)")
     p.add_argument("--steps", type=int, default=20, help="rk4 steps per solve")
@@ -35,6 +37,7 @@ def main():
     p.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is reported as such")
     p.add_argument("--device", default="cpu", help="cpu or cuda (GB is then peak GPU memory allocated)")
     args = p.parse_args()
+    rows = None if args.row_chunk == "none" else (args.row_chunk if args.row_chunk == "auto" else int(args.row_chunk))
     rows = []
     for system in args.systems:
         n, d = (int(v) for v in system.lower().split("x"))
@@ -49,7 +52,8 @@ def main():
                     case = DivergenceCase(n, d, batch, div, task, args.steps, args.hidden, args.layers,
                                           args.memory_mode, micro, device=args.device,
                                           exact_method=name.partition("-")[2] or "loop",
-                                          exact_chunk_size=args.chunk_size, compile=extra == "compile")
+                                          exact_chunk_size=args.chunk_size, exact_row_chunk=rows,
+                                          compile=extra == "compile")
                     r = run_isolated(case, args.timeout)
                     rows.append(r)
                     status = r.get("error") or f"{r['wall_s']:.2f} s, {r['peak_gb']:.2f} GB"

@@ -38,12 +38,15 @@ class ContinuousFlow(torch.nn.Module):
     exact_method : how the exact divergence runs its ``N·dim`` vector-Jacobian products: ``"loop"``,
         ``"batched"`` (``exact_chunk_size`` at a time) or ``"auto"`` (batched off the CPU)
     exact_chunk_size : basis vectors per batched backward pass (None: from a memory budget)
+    exact_row_chunk : exact divergence evaluates the field on blocks of this many rows (``"auto"``:
+        32 on CPU, where the blocks stay in cache, the whole batch elsewhere; None: the whole batch)
     """
 
     def __init__(self, field: torch.nn.Module, base: torch.nn.Module, node_features: torch.Tensor | None = None,
                  divergence: str = "hutchinson", noise: str = "rademacher", solver: str = "rk4",
                  n_steps: int = 20, rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False,
-                 checkpoint: bool = False, exact_method: str = "auto", exact_chunk_size: int | None = None):
+                 checkpoint: bool = False, exact_method: str = "auto", exact_chunk_size: int | None = None,
+                 exact_row_chunk: int | str | None = "auto"):
         super().__init__()
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
@@ -71,6 +74,7 @@ class ContinuousFlow(torch.nn.Module):
         self.divergence, self.noise, self.solver, self.n_steps = divergence, noise, solver, int(n_steps)
         self.rtol, self.atol, self.adjoint, self.checkpoint = rtol, atol, adjoint, checkpoint
         self.exact_method, self.exact_chunk_size = exact_method, exact_chunk_size
+        self.exact_row_chunk = exact_row_chunk
         # Set by forward (sampling) solves inside ``recording_transport_cost()``: [B, 2] integrals
         # of |v|² and ‖∂v/∂x‖²_F along each trajectory (see AugmentedDynamics).
         self.transport_cost = None
@@ -115,7 +119,8 @@ class ContinuousFlow(torch.nn.Module):
         record = self._record_transport_cost and t1 > t0 and divergence is not None
         dyn = AugmentedDynamics(self.field, self.n_atoms, self.dim, self._node_features(b, h_extra),
                                 divergence, noise, checkpoint=self.checkpoint, transport_cost=record,
-                                exact_method=self.exact_method, exact_chunk_size=self.exact_chunk_size)
+                                exact_method=self.exact_method, exact_chunk_size=self.exact_chunk_size,
+                                exact_row_chunk=self.exact_row_chunk)
         state = (x.reshape(b, -1), torch.zeros(b, dtype=x.dtype, device=x.device))
         if record:
             state = state + (torch.zeros(b, 2, dtype=x.dtype, device=x.device),)

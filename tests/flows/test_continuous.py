@@ -153,21 +153,25 @@ def test_memory_saving_modes_give_the_same_gradients(float64, mode):
 
 @pytest.mark.parametrize("mode", ["plain", "adjoint", "checkpoint"])
 def test_batched_exact_divergence_in_every_memory_mode(float64, mode):
-    # The batched exact divergence inside the solver: forward solve, adjoint pass and checkpoint
-    # recomputation give the loop's log-densities and gradients.
+    # The batched exact divergence and row blocks inside the solver: forward solve, adjoint pass and
+    # checkpoint recomputation give the loop's log-densities and gradients.
     field = random_egnn(3, seed=10)
     out = {}
-    for method, chunk in (("loop", None), ("batched", 4)):
+    for name, method, chunk, rows in (("loop", "loop", None, None), ("batched", "batched", 4, None),
+                                      ("rows", "loop", None, 2)):
         flow = ContinuousFlow(field, CoMFreeGaussian(4, 3), divergence="exact", solver="rk4", n_steps=3,
                               adjoint=mode == "adjoint", checkpoint=mode == "checkpoint",
-                              exact_method=method, exact_chunk_size=chunk)
+                              exact_method=method, exact_chunk_size=chunk, exact_row_chunk=rows)
         torch.manual_seed(11)
-        x, log_q = flow.sample(3)
+        with flow.recording_transport_cost():  # the Frobenius term from the same rows
+            x, log_q = flow.sample(3)
         field.zero_grad()
-        (log_q + x.pow(2).sum((1, 2))).mean().backward()
-        out[method] = log_q.detach(), torch.cat([p.grad.flatten() for p in field.parameters()])
-    assert torch.allclose(out["batched"][0], out["loop"][0], rtol=0, atol=1e-10)
-    assert torch.allclose(out["batched"][1], out["loop"][1], rtol=0, atol=1e-10)
+        (log_q + x.pow(2).sum((1, 2)) + flow.transport_cost.sum(-1)).mean().backward()
+        out[name] = (torch.cat([log_q.detach(), flow.transport_cost.detach().flatten()]),
+                     torch.cat([p.grad.flatten() for p in field.parameters()]))
+    for name in ("batched", "rows"):  # rows: field and divergence on blocks of 2 of the 3 rows
+        assert torch.allclose(out[name][0], out["loop"][0], rtol=0, atol=1e-10)
+        assert torch.allclose(out[name][1], out["loop"][1], rtol=0, atol=1e-10)
 
 
 def test_skip_log_prob_and_no_graph_when_evaluating():
