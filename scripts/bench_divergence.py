@@ -37,7 +37,7 @@ def main():
     p.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is reported as such")
     p.add_argument("--device", default="cpu", help="cpu or cuda (GB is then peak GPU memory allocated)")
     args = p.parse_args()
-    rows = None if args.row_chunk == "none" else (args.row_chunk if args.row_chunk == "auto" else int(args.row_chunk))
+    row_chunk = None if args.row_chunk == "none" else (args.row_chunk if args.row_chunk == "auto" else int(args.row_chunk))
     rows = []
     for system in args.systems:
         n, d = (int(v) for v in system.lower().split("x"))
@@ -52,7 +52,7 @@ def main():
                     case = DivergenceCase(n, d, batch, div, task, args.steps, args.hidden, args.layers,
                                           args.memory_mode, micro, device=args.device,
                                           exact_method=name.partition("-")[2] or "loop",
-                                          exact_chunk_size=args.chunk_size, exact_row_chunk=rows,
+                                          exact_chunk_size=args.chunk_size, exact_row_chunk=row_chunk,
                                           compile=extra == "compile")
                     r = run_isolated(case, args.timeout)
                     rows.append(r)

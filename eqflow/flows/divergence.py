@@ -34,14 +34,15 @@ def exact_divergence(v: torch.Tensor, x: torch.Tensor, create_graph: bool = Fals
     method : ``"loop"`` (one backward pass per coordinate, the reference), ``"batched"``
         (``chunk_size`` basis vectors per backward pass, vmapped by autograd) or ``"auto"``:
         batched on accelerators, where one small backward pass per coordinate leaves the device idle,
-        the loop on CPU, where it measured faster (batched backward passes cost the same arithmetic
-        and vmap's batching rules copy more; see ``scripts/bench_divergence.py``)
+        and with ``create_graph`` (training), where the loop builds ``N·dim`` separate graphs; the loop
+        on CPU without a graph, where it measured faster (batched backward passes cost the same
+        arithmetic and vmap's batching rules copy more; see ``scripts/bench_divergence.py``)
     chunk_size : basis vectors per batched pass (default :func:`default_chunk_size`)
     """
     if method not in EXACT_METHODS:
         raise ValueError(f"unknown exact-divergence method {method!r}; choose one of {EXACT_METHODS}")
     if method == "auto":
-        method = "loop" if v.device.type == "cpu" else "batched"
+        method = "loop" if v.device.type == "cpu" and not create_graph else "batched"
     if method == "loop":
         return exact_divergence_looped(v, x, create_graph, frobenius)
     return exact_divergence_batched(v, x, create_graph, frobenius, chunk_size)
