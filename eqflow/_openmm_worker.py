@@ -58,13 +58,40 @@ def _evaluate(context, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
 # --------------------------------------------------------------------------------------------------
 # Worker process protocol: this file run by OpenMMEnergy (loaded by path, without importing the
-# eqflow package), pickled messages over stdin/stdout.
+# eqflow package). Messages are length-prefixed pickles over stdin/stdout: an 8-byte big-endian
+# length, then ``pickle((request_id, kind, payload))``; every reply echoes the request id, so the
+# parent can never take a stale reply for a new one. Framing (rather than bare pickle streams) lets
+# the parent read with a timeout and tell a truncated message from a complete one.
 # A plain subprocess (not multiprocessing) never re-imports the parent's __main__ and exits by
 # itself when the parent goes away (EOF on stdin), however the parent ends.
 
+HEADER_BYTES = 8
+
+
+def encode_frame(obj) -> bytes:
+    """``obj`` pickled, behind its 8-byte big-endian length."""
+    import pickle
+
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+
+
+def _read_frame_blocking(stream):
+    """The next frame from a binary stream, or None at EOF (also at EOF inside a frame)."""
+    import pickle
+
+    header = stream.read(HEADER_BYTES)
+    if len(header) < HEADER_BYTES:
+        return None
+    n = int.from_bytes(header, "big")
+    payload = stream.read(n)
+    if len(payload) < n:
+        return None
+    return pickle.loads(payload)
+
+
 def _serve() -> None:
     import os
-    import pickle
     import sys
     import traceback
 
@@ -75,22 +102,25 @@ def _serve() -> None:
     context = None
     while True:
         try:
-            msg = pickle.load(inp)
-        except (EOFError, OSError):
+            msg = _read_frame_blocking(inp)
+        except OSError:
             return
+        if msg is None:
+            return
+        request_id, kind, payload = msg
         try:
-            if msg[0] == "init":
-                context = _make_context(*msg[1:])
-                reply = ("ok", None)
-            elif msg[0] == "eval":
-                reply = ("ok", _evaluate(context, msg[1]))
-            elif msg[0] == "quit":
+            if kind == "init":
+                context = _make_context(*payload)
+                reply = (request_id, "ok", None)
+            elif kind == "eval":
+                reply = (request_id, "ok", _evaluate(context, payload))
+            elif kind == "quit":
                 return
             else:
-                reply = ("error", f"unknown message {msg[0]!r}")
+                reply = (request_id, "error", f"unknown message {kind!r}")
         except Exception:  # reported to the parent, which raises it there
-            reply = ("error", traceback.format_exc())
-        pickle.dump(reply, out, protocol=pickle.HIGHEST_PROTOCOL)
+            reply = (request_id, "error", traceback.format_exc())
+        out.write(encode_frame(reply))
         out.flush()
 
 

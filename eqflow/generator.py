@@ -6,8 +6,12 @@ from pathlib import Path
 
 import torch
 
-from .builders import build_flow, build_target
-from .config import config_from_dict
+from .builders import build_model, build_target
+from .checkpoint import read_checkpoint
+from .config import config_from_dict, eval_solver
+from .models import check_model, is_ode_model
+from .solvers import SolverSettings
+from .errors import CheckpointError
 
 __all__ = ["Generator", "load_checkpoint", "resolve_eval_divergence", "AUTO_EXACT_CPU_COORDS"]
 
@@ -27,116 +31,144 @@ def resolve_eval_divergence(mode: str, n_atoms: int, dim: int, device) -> str:
 
 
 class Generator:
-    """Sampler with exact (or Hutchinson) log-densities and the target it was trained for.
+    """A model with its target: samples with log-densities in batches, no autograd graph kept.
+
+    Works for any model of the protocol (:mod:`eqflow.models`). For eqflow's continuous flows the
+    evaluation solver and divergence apply: importance weights are only right when ``(x, log q)``
+    come from a converged solve.
+
+    Parameters
+    ----------
+    model : the trained model
+    target : its :class:`~eqflow.targets.Energy` (reduced energies)
+    config : the :class:`~eqflow.config.Config` it was trained with, or None for a hand-built model
+    solver : evaluation :class:`~eqflow.solvers.SolverSettings` (default: ``eval_solver(config)``, or
+        the model's own settings)
+    divergence : evaluation divergence of ODE models (default ``config.eval.divergence`` or "exact";
+        ``"auto"`` is resolved per call by :meth:`eval_divergence`)
+    batch_size : samples per batch (default ``config.eval.batch_size`` or 1000)
 
     Attributes
     ----------
-    flow : the trained flow
-    target : its :class:`~eqflow.targets.Energy` (reduced energies)
-    config : the :class:`~eqflow.config.Config` it was trained with
+    model (also ``flow``), target, config, solver, divergence, batch_size, reflection_symmetric
     """
 
-    def __init__(self, flow, target, config):
-        self.flow, self.target, self.config = flow, target, config
-        self.flow.eval()
+    def __init__(self, model, target, config=None, solver: SolverSettings | None = None,
+                 divergence: str | None = None, batch_size: int | None = None):
+        check_model(model)
+        self.model, self.target, self.config = model, target, config
+        self.ode = is_ode_model(model)
+        if solver is None and self.ode:
+            solver = eval_solver(config) if config is not None else model.solver_settings
+        self.solver = solver if self.ode else None
+        self.divergence = divergence or (config.eval.divergence if config is not None else "exact")
+        self.batch_size = int(batch_size or (config.eval.batch_size if config is not None else 1000))
+        self.model.eval()
+
+    @property
+    def flow(self):
+        return self.model
+
+    @property
+    def reflection_symmetric(self) -> bool:
+        return bool(getattr(self.model, "reflection_symmetric", False))
 
     @property
     def dtype(self):
-        return next(self.flow.parameters()).dtype
+        return next(self.model.parameters()).dtype
 
     @property
     def device(self):
-        return next(self.flow.parameters()).device
+        return next(self.model.parameters()).device
 
-    def solver_settings(self, refine: int = 1) -> dict:
-        """The evaluation solver: ``eval.solver`` / ``eval.n_steps`` / tolerances, each falling back
-        to the training value. ``refine`` multiplies fixed steps and divides tolerances (for checks)."""
-        ev, fl = self.config.eval, self.config.flow
-        solver, n_steps = ev.solver or fl.solver, ev.n_steps or fl.n_steps
-        rtol, atol = ev.rtol or fl.rtol, ev.atol or fl.atol
-        return dict(solver=solver, n_steps=n_steps * refine, rtol=rtol / refine, atol=atol / refine)
+    def solver_settings(self, refine: int = 1) -> SolverSettings | None:
+        """The evaluation solver (``refine`` times the steps, tolerances divided by it); None for
+        models without an ODE."""
+        return None if self.solver is None else self.solver.refined(refine) if refine != 1 else self.solver
 
     def eval_divergence(self, divergence: str | None = None) -> str:
-        """The divergence evaluation uses: ``divergence`` or ``eval.divergence``, ``"auto"`` resolved."""
-        flow = self.flow
-        return resolve_eval_divergence(divergence or self.config.eval.divergence, flow.n_atoms, flow.dim,
-                                       self.device)
+        """The divergence evaluation uses: ``divergence`` or the generator's, ``"auto"`` resolved
+        (:func:`resolve_eval_divergence`)."""
+        mode = divergence or self.divergence
+        if not self.ode:
+            return mode
+        return resolve_eval_divergence(mode, self.model.n_atoms, self.model.dim, self.device)
 
-    @contextlib.contextmanager
-    def _solver(self, settings: dict | None):
-        # The trained field is a continuous-time object: evaluation may solve it more accurately than
-        # training did. Importance weights are only right when (x, log q) come from a converged solve.
-        settings = settings or self.solver_settings()
-        saved = {k: getattr(self.flow, k) for k in settings}
-        for k, v in settings.items():
-            setattr(self.flow, k, v)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                setattr(self.flow, k, v)
+    def _sample_batch(self, n: int, with_log_prob: bool, divergence: str):
+        if self.ode:
+            return self.model.sample(n, with_log_prob=with_log_prob, divergence=divergence)
+        x, log_q = self.model.sample(n)
+        return x, (log_q if with_log_prob else None)
 
     @torch.no_grad()
     def sample(self, n: int, batch_size: int | None = None, divergence: str | None = None,
-               with_log_prob: bool = True, progress: bool = False, solver: dict | None = None):
-        """Draw ``n`` samples on the flow's device: ``(x [n, N, dim], log_q [n])`` (``log_q`` None if
-        not requested).
-
-        Batches of ``batch_size`` (default ``eval.batch_size``) keep memory flat; no autograd graph is
-        kept. ``divergence`` defaults to the config's evaluation divergence (:meth:`eval_divergence`),
-        ``solver`` (a dict like
-        :meth:`solver_settings`) to the evaluation solver.
-        """
-        batch_size = batch_size or self.config.eval.batch_size
+               with_log_prob: bool = True, progress: bool = False, solver: SolverSettings | None = None):
+        """Draw ``n`` samples on the model's device: ``(x [n, N, dim], log_q [n])`` (``log_q`` None if
+        not requested). ``divergence`` and ``solver`` default to the evaluation settings."""
+        from tqdm.auto import tqdm
+        batch_size = batch_size or self.batch_size
         divergence = self.eval_divergence(divergence)
         xs, lqs = [], []
-        from tqdm.auto import tqdm
-        with self._solver(solver):
+        with self._using(solver):
             for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample"):
-                x, lq = self.flow.sample(min(batch_size, n - start), with_log_prob=with_log_prob,
-                                         divergence=divergence)
+                x, lq = self._sample_batch(min(batch_size, n - start), with_log_prob, divergence)
                 xs.append(x)
                 lqs.append(lq)
+        if not xs:  # n == 0: the model's own empty tensors
+            return self._sample_batch(0, with_log_prob, divergence)
         x = torch.cat(xs)
         return x, (torch.cat(lqs) if with_log_prob else None)
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor, batch_size: int | None = None, divergence: str | None = None,
-                 solver: dict | None = None):
+                 solver: SolverSettings | None = None):
         """``log q(x)`` ``[n]`` for CoM-free ``x`` ``[n, N, dim]``, in batches, no graph kept; on the
-        device of ``x`` (solved on the flow's device)."""
-        batch_size = batch_size or self.config.eval.batch_size
+        device of ``x`` (computed on the model's device)."""
+        batch_size = batch_size or self.batch_size
         divergence = self.eval_divergence(divergence)
         xd = x.to(device=self.device, dtype=self.dtype)
-        with self._solver(solver):
-            lq = torch.cat([self.flow.log_prob(xd[i:i + batch_size], divergence=divergence)
-                            for i in range(0, x.shape[0], batch_size)])
+        kw = dict(divergence=divergence) if self.ode else {}
+        with self._using(solver):
+            lq = torch.cat([self.model.log_prob(xd[i:i + batch_size], **kw)
+                            for i in range(0, x.shape[0], batch_size)] or [xd.new_zeros(0)])
         return lq.to(x.device)
+
+    def _using(self, solver: SolverSettings | None):
+        return self.model.using_solver(solver or self.solver) if self.ode else contextlib.nullcontext()
 
 
 def load_checkpoint(path, target=None) -> Generator:
-    """Rebuild the flow and target of a training run from ``checkpoint.pt`` (or its run folder).
+    """Rebuild the flow and target of a config-driven training run from ``checkpoint.pt`` (or its
+    run folder, or a ``pretrained/`` model folder).
+
+    The file is verified (CRC) and loaded with torch's safe unpickler: a damaged checkpoint, or one
+    carrying objects that could run code, raises :class:`~eqflow.errors.CheckpointError` (one line).
+    A model trained by hand (not from a config) is reloaded by rebuilding it and calling
+    :func:`~eqflow.training.load_model_weights`.
 
     Parameters
     ----------
-    path : checkpoint file or run folder
+    path : checkpoint file or folder holding ``checkpoint.pt``
     target : reuse an already built target (for example an OpenMM energy with workers)
     """
+    from .training.trainer import check_checkpoint_format
+
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != "eqflow-checkpoint-1":
-        raise ValueError(f"{path} is not an eqflow checkpoint")
-    cfg = config_from_dict(state["config"])
+    state = read_checkpoint(path)
+    check_checkpoint_format(state, path)
+    config = state.get("metadata", {}).get("config")
+    if config is None:
+        raise CheckpointError(f"{path} holds a hand-built model (no config): rebuild the model and use "
+                              "eqflow.training.load_model_weights(model, path)")
+    cfg = config_from_dict(config)
     dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         target = target if target is not None else build_target(cfg)
-        flow = build_flow(cfg, target)
+        flow = build_model(cfg, target)
     finally:
         torch.set_default_dtype(old)
     flow.load_state_dict(state["model"])

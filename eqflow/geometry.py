@@ -18,6 +18,7 @@ __all__ = [
     "assert_com_free",
     "random_rotations",
     "random_orthogonal",
+    "kabsch_rotation",
     "kabsch_align",
     "reflect",
     "chirality_sign",
@@ -61,7 +62,11 @@ def is_com_free(x: torch.Tensor, atol: float | None = None) -> bool:
 
 
 def assert_com_free(x: torch.Tensor, name: str = "x", atol: float | None = None) -> None:
-    """Raise a ``ValueError`` if ``x`` is not centred (see :func:`is_com_free`)."""
+    """Raise a ``ValueError`` if ``x`` has non-finite entries or is not centred (see :func:`is_com_free`)."""
+    finite = torch.isfinite(x).flatten(1).all(1) if x.dim() > 1 else torch.isfinite(x).all()[None]
+    if not bool(finite.all()):
+        raise ValueError(f"{name} has non-finite positions (NaN or inf) in {int((~finite).sum())} of "
+                         f"{finite.numel()} configurations; densities are defined for finite positions only")
     if not is_com_free(x, atol):
         worst = float(x.detach().mean(dim=-2).norm(dim=-1).max())
         raise ValueError(
@@ -91,8 +96,31 @@ def random_orthogonal(n: int, dim: int = 3, dtype=torch.float64, device=None,
     return q * d.unsqueeze(-2)
 
 
+def kabsch_rotation(x: torch.Tensor, ref: torch.Tensor, allow_reflection: bool = False) -> torch.Tensor:
+    """The orthogonal map ``R`` ``[batch, dim, dim]`` minimizing ``Σ_i |R (x_i - x̄) - (ref_i - r̄)|²``.
+
+    Parameters
+    ----------
+    x : ``[batch, n_atoms, dim]``
+    ref : ``[n_atoms, dim]`` or ``[batch, n_atoms, dim]``
+    allow_reflection : also allow improper maps (det -1); by default ``R`` is a proper rotation, the
+        optimum over SO(dim) (chirality is physical)
+    """
+    ref = ref.expand_as(x) if ref.dim() == 2 else ref
+    h = remove_mean(x).transpose(-1, -2) @ remove_mean(ref)  # [B, d, d]
+    u, _, vt = torch.linalg.svd(h)
+    if allow_reflection:
+        return vt.transpose(-1, -2) @ u.transpose(-1, -2)
+    # Flip the least significant singular direction where the unconstrained optimum is a reflection.
+    # (det >= 0 counts as proper, so a degenerate, planar h still gives a rotation.)
+    det = torch.linalg.det(vt.transpose(-1, -2) @ u.transpose(-1, -2))
+    diag = torch.ones(x.shape[0], x.shape[-1], dtype=x.dtype, device=x.device)
+    diag[:, -1] = torch.where(det < 0, -1.0, 1.0).to(x.dtype)
+    return vt.transpose(-1, -2) @ torch.diag_embed(diag) @ u.transpose(-1, -2)
+
+
 def kabsch_align(x: torch.Tensor, ref: torch.Tensor, allow_reflection: bool = False) -> torch.Tensor:
-    """Optimally rotate (and translate) ``x`` onto ``ref``.
+    """Optimally rotate (and translate) ``x`` onto ``ref`` (rotation from :func:`kabsch_rotation`).
 
     Parameters
     ----------
@@ -105,17 +133,8 @@ def kabsch_align(x: torch.Tensor, ref: torch.Tensor, allow_reflection: bool = Fa
     ``[batch, n_atoms, dim]``: ``x`` centred, rotated, then moved to ``ref``'s centre.
     """
     ref = ref.expand_as(x) if ref.dim() == 2 else ref
-    xc, rc = remove_mean(x), remove_mean(ref)
-    h = xc.transpose(-1, -2) @ rc  # [B, d, d]
-    u, _, vt = torch.linalg.svd(h)
-    if not allow_reflection:
-        d = torch.linalg.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)).sign()
-        diag = torch.ones(x.shape[0], x.shape[-1], dtype=x.dtype, device=x.device)
-        diag[:, -1] = d
-        rot = vt.transpose(-1, -2) @ torch.diag_embed(diag) @ u.transpose(-1, -2)
-    else:
-        rot = vt.transpose(-1, -2) @ u.transpose(-1, -2)
-    return xc @ rot.transpose(-1, -2) + ref.mean(dim=-2, keepdim=True)
+    rot = kabsch_rotation(x, ref, allow_reflection)
+    return remove_mean(x) @ rot.transpose(-1, -2) + ref.mean(dim=-2, keepdim=True)
 
 
 def reflect(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from eqflow.config import ConfigError, apply_overrides, config_from_dict, load_c
 
 
 def test_shipped_configs_load():
-    for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml"]:
+    for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml", "lj13_e3nn", "ala2_implicit_e3nn"]:
         cfg = load_config(f"configs/{name}.yaml")
         assert cfg.train.steps > 0
 
@@ -49,3 +49,21 @@ def test_overrides_parse_and_check():
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_e3nn_field_keys_checked():
+    cfg = config_from_dict({"field": {"kind": "e3nn", "edges": "radius", "edge_channels": None,
+                                      "e3nn_backend": "e3nn", "radial_hidden": 8}})
+    assert cfg.field.edges == "radius" and cfg.field.edge_channels is None
+    with pytest.raises(ConfigError, match="'field.edges' must be one of"):
+        config_from_dict({"field": {"kind": "e3nn", "edges": "knn"}})
+    with pytest.raises(ConfigError, match="'field.e3nn_backend' must be one of"):
+        config_from_dict({"field": {"e3nn_backend": "jax"}})
+    with pytest.raises(ConfigError, match="'field.edge_channels' must be positive or null"):
+        config_from_dict({"field": {"edge_channels": 0}})
+    with pytest.raises(ConfigError, match="'field.hidden_irreps' is not an irreps string"):
+        config_from_dict({"field": {"kind": "e3nn", "hidden_irreps": "16 apples"}})
+    with pytest.raises(ConfigError, match="must include 1o"):
+        config_from_dict({"field": {"kind": "e3nn", "hidden_irreps": "16x0e + 4x2e"}})
+    with pytest.raises(ConfigError, match="'field.r_max' must be positive"):
+        config_from_dict({"field": {"kind": "e3nn", "r_max": 0.0}})

@@ -68,8 +68,12 @@ class CoMFreeGaussian(torch.nn.Module):
         # Projecting an isotropic ambient Gaussian onto V gives exactly N(0, σ² P).
         return remove_mean(eps) * self.scale
 
+    def log_prob_unchecked(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density ``[batch]`` of ``x`` assumed CoM-free (no check, no host sync)."""
+        return com_free_gaussian_log_prob(x, self.scale, self.n_atoms, self.dim)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density ``[batch]`` on V of CoM-free ``x`` ``[batch, n_atoms, dim]``."""
         check_positions(x, self.n_atoms, self.dim)
         assert_com_free(x)
-        return com_free_gaussian_log_prob(x, self.scale, self.n_atoms, self.dim)
+        return self.log_prob_unchecked(x)

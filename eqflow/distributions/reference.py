@@ -1,15 +1,16 @@
-"""Reference samples: storage format, loading, train/test split, and the particle-system cache.
+"""Reference samples: storage format, loading (npz and MD trajectories), train/test split, particle cache.
 
 A reference set is CoM-free positions ``[n, N, dim]`` with their reduced energies ``[n]`` and a
 metadata dict (system, temperature, units, sampler, ...). On disk it is a ``.npz`` with arrays
 ``positions`` and ``energies`` and the metadata as a JSON string under ``meta``. Molecular MD
-references (``.h5``, ``.dcd``) are read by :mod:`eqflow.evaluation.trajectory`.
+references are a trajectory (``.h5``, ``.dcd``) with sidecars (:func:`eqflow.data_io.sidecar_paths`)
+written by :mod:`eqflow.targets.md`; :func:`load_md_reference` reads them. This module is the one
+home of reference data: other modules import from it, never the other way round.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data_io import atomic_write, sidecar_paths
 from ..geometry import remove_mean
 
 __all__ = [
     "ReferenceData",
     "save_reference",
     "load_reference",
+    "load_md_reference",
     "split_reference",
     "ensure_particle_reference",
     "reference_path",
@@ -85,20 +88,8 @@ def save_reference(path, positions, energies, meta: dict | None = None) -> Path:
         raise ValueError(f"need positions [n, N, dim] and energies [n], got {pos.shape} and {ene.shape}")
     pos = pos - pos.mean(axis=1, keepdims=True)
     meta_json = json.dumps(meta or {}, sort_keys=True, default=str)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, positions=pos, energies=ene, meta=np.array(meta_json))
-        # mkstemp creates 0600; give the file the permissions a plain open() would (umask applied).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: np.savez(tmp, positions=pos, energies=ene, meta=np.array(meta_json)),
+                 suffix=".tmp.npz")
     return path
 
 
@@ -108,7 +99,7 @@ def load_reference(path, **kwargs) -> ReferenceData:
     Parameters
     ----------
     path : ``.npz`` written by :func:`save_reference`, or ``.h5`` / ``.dcd`` MD output (delegated to
-        ``eqflow.evaluation.trajectory.load_md_reference(path, **kwargs)``).
+        :func:`load_md_reference` with ``**kwargs``).
 
     Raises
     ------
@@ -120,13 +111,70 @@ def load_reference(path, **kwargs) -> ReferenceData:
         raise FileNotFoundError(f"reference file not found: {path} (particle systems: generate it "
                                 "with scripts/make_reference.py or ensure_particle_reference)")
     if path.suffix.lower() in (".h5", ".dcd"):
-        from ..evaluation.trajectory import load_md_reference
         return load_md_reference(path, **kwargs)
     with np.load(path, allow_pickle=False) as data:
         positions = torch.from_numpy(data["positions"].copy())
         energies = torch.from_numpy(data["energies"].copy())
         meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
     return ReferenceData(positions, energies, meta)
+
+
+def load_md_reference(path, stride: int = 1, topology=None, energy=None):
+    """Load MD reference samples as :class:`ReferenceData`.
+
+    Parameters
+    ----------
+    path : str
+        ``.h5`` (mdtraj HDF5) or ``.dcd`` trajectory written by ``scripts/simulate_md.py``.
+    stride : int
+        Keep every ``stride``-th frame.
+    topology : mdtraj.Topology or str, optional
+        Needed for ``.dcd`` when the JSON sidecar names no PDB.
+    energy : Energy, optional
+        Recomputes reduced energies when no sidecar ``.npz`` stores them.
+
+    Returns
+    -------
+    ReferenceData
+        ``positions`` ``[n, N, 3]`` float64 nm with the (unweighted) centre removed, ``energies`` ``[n]``
+        reduced (E / kT at the trajectory's temperature), ``meta`` from the JSON sidecar plus ``source``.
+    """
+    import mdtraj
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"MD trajectory not found: {path}")
+    npz_path, json_path = sidecar_paths(path)
+    meta = {}
+    if os.path.exists(json_path):
+        with open(json_path) as fh:
+            meta = json.load(fh)
+    positions = energies = None
+    if os.path.exists(npz_path):
+        with np.load(npz_path, allow_pickle=False) as d:
+            positions, energies = d["positions"], d["energies"]
+    if positions is None:
+        if path.endswith(".h5"):
+            traj = mdtraj.load(path)
+        else:
+            if topology is None:
+                topology = meta.get("pdb")
+            if topology is None:
+                raise ValueError(f"{path}: a .dcd needs a topology (pass topology=...)")
+            traj = mdtraj.load(path, top=topology)
+        positions = traj.xyz.astype(np.float64)
+    positions = positions[::stride]
+    x = remove_mean(torch.from_numpy(np.ascontiguousarray(positions)))
+    if energies is not None:
+        u = torch.from_numpy(np.ascontiguousarray(energies[::stride]))
+    elif energy is not None:
+        with torch.no_grad():
+            u = energy.energy(x).to(torch.float64)
+    else:
+        raise ValueError(f"{path}: no reduced energies stored (sidecar {npz_path} missing); "
+                         "pass energy=... to compute them")
+    meta = dict(meta, source=path, stride=stride)
+    return ReferenceData(x, u, meta)
 
 
 def split_reference(ref: ReferenceData, fraction: float = 0.8, seed: int = 0

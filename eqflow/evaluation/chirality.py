@@ -13,7 +13,7 @@ import torch
 
 from ..geometry import chirality_sign, reflect
 
-__all__ = ["fold_to_l", "l_sign", "d_fraction"]
+__all__ = ["fold_to_l", "l_sign", "d_fraction", "fold_to_reference"]
 
 
 @lru_cache(maxsize=None)
@@ -70,3 +70,36 @@ def fold_to_l(x: torch.Tensor, log_q: torch.Tensor | None = None, center: int = 
     log_q_l = None if log_q is None else log_q + math.log(2.0)
     frac_d = float(is_d.double().mean()) if len(s) else 0.0
     return x_l, log_q_l, frac_d
+
+
+def fold_to_reference(x: torch.Tensor, log_q: torch.Tensor | None, chiral_centers, reference_signs):
+    """Fold the samples of a reflection-symmetric model onto the reference enantiomer, for a molecule
+    with any number of chiral centres (signs from the target's own structure, e.g.
+    ``MolecularSystem.chiral_signs``).
+
+    A configuration is reflected (``x -> -x``) when its first chiral centre has the mirror
+    handedness: reflection flips every centre, so this splits V into two mirror halves and the folded
+    density on the reference half is exactly ``2 q(x)`` (``log q + log 2``).
+
+    Parameters
+    ----------
+    x : ``[B, N, 3]``; log_q : ``[B]`` or None
+    chiral_centers : list of ``(center, (a, b, c))``; reference_signs : list of ±1, one per centre
+
+    Returns
+    -------
+    x_f : ``[B, N, 3]``; log_q_f : ``[B]`` (``log_q + log 2``) or None
+    stats : dict with ``d_fraction`` (fraction whose every centre had the mirror handedness before
+        folding: the enantiomer) and ``stereo_mismatch_fraction`` (after folding, fraction with at
+        least one centre unlike the reference: other stereoisomers, 0 for one centre)
+    """
+    if len(chiral_centers) != len(reference_signs) or not chiral_centers:
+        raise ValueError("need one reference sign per chiral centre, and at least one centre")
+    ref = torch.tensor([float(v) for v in reference_signs], dtype=x.dtype, device=x.device)
+    signs = torch.stack([chirality_sign(x, c, tuple(nb)) for c, nb in chiral_centers], dim=-1)  # [B, K]
+    flip = signs[:, 0] == -ref[0]
+    x_f = torch.where(flip[:, None, None], reflect(x), x)
+    folded = torch.where(flip[:, None], -signs, signs)
+    stats = {"d_fraction": float((signs == -ref).all(-1).double().mean()) if len(x) else 0.0,
+             "stereo_mismatch_fraction": float((folded != ref).any(-1).double().mean()) if len(x) else 0.0}
+    return x_f, (None if log_q is None else log_q + math.log(2.0)), stats

@@ -1,84 +1,18 @@
-"""MD trajectories in and samples out: reference data from MD files, export for VMD/PyMOL.
+"""Samples out for viewers (VMD, PyMOL).
 
-MD output of :mod:`eqflow.targets.md` is a trajectory (``.h5`` mdtraj HDF5, or ``.dcd``) with a sidecar
-``<stem>.npz`` (float64 positions, reduced energies) and ``<stem>.json`` (metadata).
+:func:`load_md_reference` lives with the other reference loaders in
+:mod:`eqflow.distributions.reference` and is re-exported here for existing callers.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import torch
 
-from ..geometry import remove_mean
+from ..distributions.reference import load_md_reference
 
 __all__ = ["load_md_reference", "export_samples"]
-
-
-def _sidecars(path: str) -> tuple[str, str]:
-    stem, _ = os.path.splitext(path)
-    return stem + ".npz", stem + ".json"
-
-
-def load_md_reference(path, stride: int = 1, topology=None, energy=None):
-    """Load MD reference samples as :class:`eqflow.distributions.reference.ReferenceData`.
-
-    Parameters
-    ----------
-    path : str
-        ``.h5`` (mdtraj HDF5) or ``.dcd`` trajectory written by ``scripts/simulate_md.py``.
-    stride : int
-        Keep every ``stride``-th frame.
-    topology : mdtraj.Topology or str, optional
-        Needed for ``.dcd`` when the JSON sidecar names no PDB.
-    energy : Energy, optional
-        Recomputes reduced energies when no sidecar ``.npz`` stores them.
-
-    Returns
-    -------
-    ReferenceData
-        ``positions`` ``[n, N, 3]`` float64 nm with the (unweighted) centre removed, ``energies`` ``[n]``
-        reduced (E / kT at the trajectory's temperature), ``meta`` from the JSON sidecar plus ``source``.
-    """
-    import mdtraj
-
-    from ..distributions.reference import ReferenceData
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"MD trajectory not found: {path}")
-    npz_path, json_path = _sidecars(path)
-    meta = {}
-    if os.path.exists(json_path):
-        with open(json_path) as fh:
-            meta = json.load(fh)
-    positions = energies = None
-    if os.path.exists(npz_path):
-        with np.load(npz_path, allow_pickle=False) as d:
-            positions, energies = d["positions"], d["energies"]
-    if positions is None:
-        if path.endswith(".h5"):
-            traj = mdtraj.load(path)
-        else:
-            if topology is None:
-                topology = meta.get("pdb")
-            if topology is None:
-                raise ValueError(f"{path}: a .dcd needs a topology (pass topology=...)")
-            traj = mdtraj.load(path, top=topology)
-        positions = traj.xyz.astype(np.float64)
-    positions = positions[::stride]
-    x = remove_mean(torch.from_numpy(np.ascontiguousarray(positions)))
-    if energies is not None:
-        u = torch.from_numpy(np.ascontiguousarray(energies[::stride]))
-    elif energy is not None:
-        with torch.no_grad():
-            u = energy.energy(x).to(torch.float64)
-    else:
-        raise ValueError(f"{path}: no reduced energies stored (sidecar {npz_path} missing); "
-                         "pass energy=... to compute them")
-    meta = dict(meta, source=path, stride=stride)
-    return ReferenceData(x, u, meta)
 
 
 def export_samples(x, topology, path: str) -> list[str]:

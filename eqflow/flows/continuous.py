@@ -8,13 +8,21 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from ..distributions import com_free_gaussian_log_prob
 from ..geometry import assert_com_free, check_positions
+from ..solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, SolverSettings
 from .divergence import EXACT_METHODS, NOISE_TYPES, sample_noise
 from .dynamics import DIVERGENCES, AugmentedDynamics
 
-__all__ = ["ContinuousFlow", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS"]
+__all__ = ["ContinuousFlow", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "check_sample_count"]
 
-FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
-ADAPTIVE_SOLVERS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
+
+
+def check_sample_count(n) -> int:
+    """``n`` as an int, or a ValueError naming it when it is not a non-negative integer."""
+    if isinstance(n, bool) or not isinstance(n, int) and not (torch.is_tensor(n) and n.dim() == 0):
+        raise ValueError(f"number of samples must be a non-negative integer, got {n!r}")
+    if int(n) < 0:
+        raise ValueError(f"number of samples must be >= 0, got {int(n)}")
+    return int(n)
 
 
 class ContinuousFlow(torch.nn.Module):
@@ -25,7 +33,8 @@ class ContinuousFlow(torch.nn.Module):
     Parameters
     ----------
     field : equivariant vector field ``v(t [B], x [B, N, dim], h [B, N, F]) -> [B, N, dim]``
-    base : :class:`~eqflow.distributions.CoMFreeGaussian` (``MixtureFlow`` takes a mixture)
+    base : :class:`~eqflow.distributions.CoMFreeGaussian` or :class:`~eqflow.distributions.HarmonicBase`
+        (``MixtureFlow`` takes a mixture)
     node_features : ``[N, F]`` invariant per-atom features passed to the field (atom types), or None
     divergence : ``"exact"`` (``N·dim`` backward passes) or ``"hutchinson"`` (one, unbiased)
     noise : Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; drawn once per solve
@@ -41,6 +50,10 @@ class ContinuousFlow(torch.nn.Module):
     exact_row_chunk : exact divergence evaluates the field on blocks of this many rows (``"auto"``:
         32 on CPU, where the blocks stay in cache, the whole batch elsewhere; None: the whole batch)
     """
+
+    # An E(3)-equivariant field and an invariant base give q(x) = q(-x): both enantiomers of a chiral
+    # molecule (evaluation folds them and adds log 2; DESIGN.md "Chirality"). Model protocol flag.
+    reflection_symmetric = True
 
     def __init__(self, field: torch.nn.Module, base: torch.nn.Module, node_features: torch.Tensor | None = None,
                  divergence: str = "hutchinson", noise: str = "rademacher", solver: str = "rk4",
@@ -149,12 +162,21 @@ class ContinuousFlow(torch.nn.Module):
         """Draw ``n`` samples. Returns ``(x [n, N, dim], log_q [n])`` (``log_q`` None if skipped).
 
         Reparameterized: under autograd, gradients flow from ``x`` and ``log_q`` to the parameters.
+        ``n = 0`` gives empty tensors.
         """
-        z = self.base.sample(n)
+        if n == 0:
+            return self._empty(with_log_prob)
+        z = self.base.sample(check_sample_count(n))
         log_pz = self._base_log_prob(z)
         div = divergence if with_log_prob else None
         x, delta = self.integrate(z, 0.0, 1.0, divergence=div)
         return x, (log_pz - delta if with_log_prob else None)
+
+    def _empty(self, with_log_prob: bool):
+        p = next(self.parameters(), None)
+        kw = dict(dtype=p.dtype if p is not None else torch.get_default_dtype(),
+                  device=p.device if p is not None else None)
+        return torch.zeros(0, self.n_atoms, self.dim, **kw), (torch.zeros(0, **kw) if with_log_prob else None)
 
     def log_prob(self, x: torch.Tensor, divergence: str | None = "default") -> torch.Tensor:
         """``log q(x)`` ``[B]`` of CoM-free ``x`` ``[B, N, dim]`` by a reverse solve."""
@@ -166,8 +188,32 @@ class ContinuousFlow(torch.nn.Module):
 
     def _base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         # z is CoM-free by construction (base samples, or mean-free velocities from a checked x):
-        # skip the base's input check, a host sync per solve.
+        # skip the base's input check, a host sync per solve. Bases other than the isotropic Gaussian
+        # (HarmonicBase) say how through ``log_prob_unchecked``.
+        unchecked = getattr(self.base, "log_prob_unchecked", None)
+        if unchecked is not None:
+            return unchecked(z)
         return com_free_gaussian_log_prob(z, self.base.scale, self.n_atoms, self.dim)
+
+    @property
+    def solver_settings(self) -> SolverSettings:
+        """The current solve as a :class:`~eqflow.solvers.SolverSettings`."""
+        return SolverSettings(self.solver, self.n_steps, self.rtol, self.atol)
+
+    @contextlib.contextmanager
+    def using_solver(self, settings: SolverSettings | None):
+        """Within this block, solve with ``settings`` (None: unchanged). The field is a continuous-time
+        object: evaluation may solve it more accurately than training did."""
+        if settings is None:
+            yield self
+            return
+        saved = self.solver_settings
+        self.solver, self.n_steps, self.rtol, self.atol = (settings.solver, int(settings.n_steps),
+                                                           settings.rtol, settings.atol)
+        try:
+            yield self
+        finally:
+            self.solver, self.n_steps, self.rtol, self.atol = saved.solver, saved.n_steps, saved.rtol, saved.atol
 
     def forward(self, n: int):
         return self.sample(n)

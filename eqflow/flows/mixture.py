@@ -5,7 +5,7 @@ import torch
 
 from ..distributions import MixtureBase
 from ..geometry import assert_com_free, check_positions
-from .continuous import ContinuousFlow
+from .continuous import ContinuousFlow, check_sample_count
 
 __all__ = ["MixtureFlow"]
 
@@ -77,6 +77,9 @@ class MixtureFlow(ContinuousFlow):
         -------
         ``(x [n, N, dim], log_q [n] or None, k [n])``: ``log_q`` is the full mixture density.
         """
+        if check_sample_count(n) == 0:
+            x, log_q = self._empty(with_log_prob)
+            return x, log_q, torch.zeros(0, dtype=torch.long, device=x.device)
         if stratified:
             k = torch.arange(self.n_components, device=self.base.logits.device).repeat(
                 n // self.n_components + 1)[:n]

@@ -2,7 +2,7 @@
 from .energy import Energy
 from .double_well import DoubleWell
 from .lennard_jones import LennardJones, lj13, lj55
-from .regularize import regularize_energy, finite_mask
+from .regularize import finite_mask, masked_energy, regularize_energy
 from .registry import TARGETS, make_target, register_target
 # Molecular targets (OpenMM and mdtraj are imported only when a system is built).
 from .openmm_bridge import OpenMMEnergy

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..data_io import atomic_savez, atomic_write, atomic_write_text, sidecar_paths
 from .openmm_bridge import kT_kj_per_mol
 
 __all__ = ["REMDConfig", "temperature_ladder", "run_replica_exchange", "write_trajectory",
@@ -69,27 +70,6 @@ class REMDConfig:
                                  f"({self.exchange_interval})")
 
 
-def sidecar_paths(output: str) -> tuple[str, str]:
-    """``(<stem>.npz, <stem>.json)`` beside a trajectory file."""
-    stem, _ = os.path.splitext(output)
-    return stem + ".npz", stem + ".json"
-
-
-def _atomic_savez(path: str, **arrays) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_trajectory(path: str, positions: np.ndarray, topology, energies_kj=None, time_ps=None) -> None:
     """Write ``positions`` ``[n, N, 3]`` nm with an mdtraj topology; format from the extension.
 
@@ -107,15 +87,16 @@ def write_trajectory(path: str, positions: np.ndarray, topology, energies_kj=Non
         except ImportError as err:
             raise ImportError("writing .h5 trajectories needs PyTables: pip install tables "
                               "(or choose a .dcd/.pdb output)") from err
-        tmp = path + ".tmp.h5"
-        with HDF5TrajectoryFile(tmp, "w", force_overwrite=True) as f:
-            f.topology = topology
-            kw = {}
-            if energies_kj is not None:
-                kw["potentialEnergy"] = np.asarray(energies_kj, dtype=np.float32)
-            f.write(coordinates=positions,
-                    time=None if time_ps is None else np.asarray(time_ps, dtype=np.float32), **kw)
-        os.replace(tmp, path)
+        def write(tmp):
+            with HDF5TrajectoryFile(tmp, "w", force_overwrite=True) as f:
+                f.topology = topology
+                kw = {}
+                if energies_kj is not None:
+                    kw["potentialEnergy"] = np.asarray(energies_kj, dtype=np.float32)
+                f.write(coordinates=positions,
+                        time=None if time_ps is None else np.asarray(time_ps, dtype=np.float32), **kw)
+
+        atomic_write(path, write, suffix=".tmp.h5")
     else:
         traj = mdtraj.Trajectory(positions, topology,
                                  time=None if time_ps is None else np.asarray(time_ps))
@@ -224,7 +205,7 @@ def run_replica_exchange(system, topology, positions, output: str, config: REMDC
 
     def save_checkpoint():
         states = [c.getState(getPositions=True, getVelocities=True) for c in contexts]
-        _atomic_savez(
+        atomic_savez(
             checkpoint, cycle=np.int64(cycle), config_json=np.array(config_json),
             positions=np.stack([_positions(s) for s in states]),
             velocities=np.stack([_velocities(s) for s in states]),
@@ -303,7 +284,7 @@ def run_replica_exchange(system, topology, positions, output: str, config: REMDC
         exchange_acceptance=(n_accept / np.maximum(n_attempt, 1)).tolist(), resumed=resumed,
         wall_seconds_last_session=time.time() - t0,
     )
-    _atomic_savez(npz_path, positions=frames_arr, energies=e_kj / kt0, energies_kj=e_kj, time_ps=times_arr,
+    atomic_savez(npz_path, positions=frames_arr, energies=e_kj / kt0, energies_kj=e_kj, time_ps=times_arr,
                   meta_json=np.array(json.dumps(meta)))
-    _atomic_write_text(json_path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(meta, indent=2) + "\n")
     return meta

@@ -15,7 +15,7 @@ import torch
 
 from .openmm_bridge import OpenMMEnergy, kT_kj_per_mol
 
-__all__ = ["MolecularSystem", "alanine_dipeptide", "alanine_dipeptide_pdb", "ALA2_PHI", "ALA2_PSI",
+__all__ = ["MolecularSystem", "alanine_dipeptide", "pdb_system", "alanine_dipeptide_pdb", "ALA2_PHI", "ALA2_PSI",
            "ALA2_CHIRAL_CENTER", "IMPLICIT_SOLVENT_XML"]
 
 ALA2_PHI = (4, 6, 8, 14)
@@ -46,6 +46,29 @@ def _load_forcefield(files: tuple[str, ...]):
             raise ValueError(f"unknown force-field file {f!r} ({err}); give an OpenMM force-field "
                              "name such as 'amber99sbildn.xml' or a path to an XML file") from None
     return app.ForceField(*files)
+
+
+def _read_pdb(pdb_path: str):
+    """``openmm.app.PDBFile`` of ``pdb_path``, or a one-line ValueError for an empty or non-PDB file."""
+    import openmm.app as app
+
+    with open(pdb_path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.strip():
+        raise ValueError(f"PDB file {pdb_path} is empty")
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{pdb_path} is not a PDB file (binary content)") from None
+    if not any(line[:6].strip() in ("ATOM", "HETATM") for line in text.splitlines()):
+        raise ValueError(f"{pdb_path} is not a PDB file: no ATOM or HETATM records")
+    try:
+        pdb = app.PDBFile(pdb_path)
+    except Exception as err:  # OpenMM's parser raises assorted types on malformed records
+        raise ValueError(f"{pdb_path} is not a readable PDB file: {type(err).__name__}: {err}") from None
+    if pdb.topology.getNumAtoms() == 0:
+        raise ValueError(f"PDB file {pdb_path} has no atoms")
+    return pdb
 
 
 def _atom_type_names_by_name(pdb_path: str) -> list[str]:
@@ -101,7 +124,7 @@ class MolecularSystem:
         solvent (or use ``implicit_solvent=True``).
     temperature : float
         K.
-    n_workers, platform, cpu_threads
+    n_workers, platform, cpu_threads, timeout
         Passed to :class:`~eqflow.targets.openmm_bridge.OpenMMEnergy`.
     atom_types : {"name", "element"}
         How :attr:`atom_types` is built. "name" (default): one type per atom name as written in the PDB,
@@ -124,12 +147,13 @@ class MolecularSystem:
     dihedrals : dict name -> 4-tuple of atom indices (backbone phi/psi of each residue that has them;
         for a single residue named "phi" and "psi", otherwise "phi_<i>", "psi_<i>")
     chiral_centers : list of ``(center, (n, c, cb))`` for residues with CA and CB
+    chiral_signs : list of ±1, the handedness of each chiral centre in the PDB geometry
     temperature, kT (kJ/mol)
     """
 
     def __init__(self, pdb_path: str, forcefield=("amber99sbildn.xml",), temperature: float = 300.0,
                  n_workers: int = 0, platform: str = "Reference", cpu_threads: int | None = 1,
-                 atom_types: str = "name", implicit_solvent: bool = False):
+                 atom_types: str = "name", implicit_solvent: bool = False, timeout: float = 300.0):
         import mdtraj
         import openmm.app as app
 
@@ -149,7 +173,7 @@ class MolecularSystem:
         self.temperature = float(temperature)
         self.kT = kT_kj_per_mol(temperature)
 
-        pdb = app.PDBFile(pdb_path)
+        pdb = _read_pdb(pdb_path)
         ff = _load_forcefield(forcefield)
         try:
             self.system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None,
@@ -181,11 +205,12 @@ class MolecularSystem:
 
         self.dihedrals = self._backbone_dihedrals()
         self.chiral_centers = self._chiral_centers()
+        self.chiral_signs = self._chiral_signs()
         self.energy = OpenMMEnergy(self.system, temperature, n_workers=n_workers, platform=platform,
-                                   cpu_threads=cpu_threads)
+                                   cpu_threads=cpu_threads, timeout=timeout)
         # What a model built from the registry's Energy alone needs (node features, analysis).
         for name in ("topology", "atom_types", "n_atom_types", "atom_type_names", "masses",
-                     "dihedrals", "chiral_centers"):
+                     "dihedrals", "chiral_centers", "chiral_signs", "positions"):
             setattr(self.energy, name, getattr(self, name))
 
     @property
@@ -214,6 +239,18 @@ class MolecularSystem:
             if all(k in by_name for k in ("N", "CA", "C", "CB")):
                 out.append((by_name["CA"], (by_name["N"], by_name["C"], by_name["CB"])))
         return out
+
+    def _chiral_signs(self) -> list[float]:
+        """Handedness (±1, :func:`eqflow.geometry.chirality_sign`) of each chiral centre in this
+        system's own PDB geometry: the enantiomer the reference data and the evaluation fold to."""
+        from ..geometry import chirality_sign
+        signs = []
+        for center, neighbors in self.chiral_centers:
+            s = float(chirality_sign(self.positions[None], center, neighbors)[0])
+            if s == 0:
+                raise ValueError(f"chiral centre {center} is planar in {self.pdb_path}")
+            signs.append(s)
+        return signs
 
     def close(self) -> None:
         """Stop the energy's worker processes, if any."""
@@ -245,5 +282,25 @@ def alanine_dipeptide(solvent: str = "vacuum", temperature: float = 300.0, **kwa
         raise ValueError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
     ff = ("amber99sbildn.xml",) + ((IMPLICIT_SOLVENT_XML,) if solvent == "implicit" else ())
     mol = MolecularSystem(alanine_dipeptide_pdb(), forcefield=ff, temperature=temperature, **kwargs)
+    mol.solvent = solvent
+    return mol
+
+
+def pdb_system(pdb: str, forcefield=("amber99sbildn.xml",), temperature: float = 300.0, solvent: str = "vacuum",
+               **kwargs) -> MolecularSystem:
+    """Any molecule from a PDB file and OpenMM force-field files (the ``pdb`` target of a config).
+
+    Parameters
+    ----------
+    pdb : path of the PDB file (hydrogens included)
+    forcefield : OpenMM force-field file names (a string or a list)
+    temperature : K
+    solvent : ``"vacuum"`` or ``"implicit"`` (adds :data:`IMPLICIT_SOLVENT_XML`)
+    **kwargs : passed to :class:`MolecularSystem` (n_workers, platform, cpu_threads, atom_types, timeout)
+    """
+    if solvent not in ("vacuum", "implicit"):
+        raise ValueError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
+    mol = MolecularSystem(pdb, forcefield=forcefield, temperature=temperature,
+                          implicit_solvent=solvent == "implicit", **kwargs)
     mol.solvent = solvent
     return mol

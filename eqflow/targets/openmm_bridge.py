@@ -20,8 +20,10 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import select
 import subprocess
 import sys
+import time
 import weakref
 
 import numpy as np
@@ -32,6 +34,7 @@ from torch.autograd.function import once_differentiable
 # spawned workers start quickly instead of importing torch.
 from .. import _openmm_worker
 from .._openmm_worker import _evaluate, _make_context
+from ..errors import WorkerError
 from .energy import Energy
 
 __all__ = ["OpenMMEnergy", "kT_kj_per_mol", "BOLTZMANN_KJ_PER_MOL_K"]
@@ -48,7 +51,11 @@ _WORKER_FILE = os.path.abspath(_openmm_worker.__file__)
 
 
 class _Worker:
-    """One evaluation subprocess with its own Context."""
+    """One evaluation subprocess with its own Context, spoken to in framed, numbered messages.
+
+    Every read and write has a deadline: a worker that hangs or is stopped (SIGSTOP) makes the
+    exchange fail with :class:`WorkerError` naming its pid instead of blocking the parent forever.
+    """
 
     def __init__(self, system_xml: str, platform: str, cpu_threads: int | None):
         env = dict(os.environ)
@@ -58,25 +65,62 @@ class _Worker:
         # package would pull in torch and the models, many seconds per worker for nothing.
         boot = ("import importlib.util as u; s = u.spec_from_file_location('_eqflow_openmm_worker', "
                 f"{_WORKER_FILE!r}); m = u.module_from_spec(s); s.loader.exec_module(m); m._serve()")
-        self.proc = subprocess.Popen([sys.executable, "-c", boot],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self.send(("init", system_xml, platform, cpu_threads))
+        # Unbuffered pipes: select() on the file descriptors then tells the whole truth.
+        self.proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, bufsize=0)
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        os.set_blocking(self._in, False)
+        self.init_msg = (system_xml, platform, cpu_threads)
 
-    def send(self, msg) -> None:
-        pickle.dump(msg, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self.proc.stdin.flush()
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
-    def receive(self):
-        try:
-            status, value = pickle.load(self.proc.stdout)
-        except EOFError:
-            raise RuntimeError(f"OpenMM worker (pid {self.proc.pid}) died, exit code "
-                               f"{self.proc.poll()}; see its stderr above") from None
+    def _fail(self, what: str) -> "WorkerError":
+        return WorkerError(f"OpenMM worker pid {self.pid} {what}")
+
+    def send(self, request_id: int, kind: str, payload, timeout: float) -> None:
+        data = memoryview(_openmm_worker.encode_frame((request_id, kind, payload)))
+        deadline = time.monotonic() + timeout
+        while data:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [self._in], [], left)[1]:
+                raise self._fail(f"did not take a request within {timeout:g} s (hung or stopped)")
+            try:
+                n = os.write(self._in, data)
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                raise self._fail(f"is gone (exit code {self.proc.poll()}); see its stderr above") from None
+            data = data[n:]
+
+    def _read_exact(self, n: int, deadline: float, timeout: float) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._out], [], [], left)[0]:
+                raise self._fail(f"did not reply within {timeout:g} s (hung or stopped)")
+            chunk = os.read(self._out, n - got)
+            if not chunk:
+                raise self._fail(f"died (exit code {self.proc.poll()}); see its stderr above")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def receive(self, request_id: int, timeout: float):
+        deadline = time.monotonic() + timeout
+        n = int.from_bytes(self._read_exact(_openmm_worker.HEADER_BYTES, deadline, timeout), "big")
+        reply_id, status, value = pickle.loads(self._read_exact(n, deadline, timeout))
+        if reply_id != request_id:
+            raise self._fail(f"answered request {reply_id} when {request_id} was expected")
         if status != "ok":
-            raise RuntimeError(f"OpenMM worker (pid {self.proc.pid}) failed:\n{value}")
+            raise self._fail(f"failed:\n{value}")
         return value
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()  # also ends a stopped (SIGSTOP) process
         try:
             self.proc.stdin.close()  # EOF: the worker returns from its loop
         except OSError:
@@ -90,10 +134,10 @@ class _Worker:
             self.proc.stdout.close()
 
 
-def _shutdown_pool(pool) -> None:
+def _shutdown_pool(pool, kill: bool = False) -> None:
     for w in pool:
         try:
-            w.stop()
+            w.stop(kill=kill)
         except Exception:  # pragma: no cover - interpreter teardown
             pass
 
@@ -138,6 +182,9 @@ class OpenMMEnergy(Energy):
     cpu_threads : int or None
         Threads per Context on the CPU platform (default 1: predictable when several run at once).
         None leaves OpenMM's default.
+    timeout : float
+        Seconds a worker may take to accept a request or to answer it (also to start). A worker
+        past it is killed and the call raises :class:`~eqflow.errors.WorkerError` naming its pid.
 
     Attributes
     ----------
@@ -151,16 +198,23 @@ class OpenMMEnergy(Energy):
     Input ``[batch, n_atoms, 3]`` in nm, any float dtype and device; output ``[batch]`` in that dtype.
     Use as a context manager (``with OpenMMEnergy(...) as e:``) or call :meth:`close` to stop workers;
     an ``atexit`` hook stops any left running.
+
+    Every exchange with the pool is all or nothing: any failure (a worker that died, hung, answered
+    out of turn or raised, a broken pipe, an interrupt such as Ctrl-C in the middle of a batch)
+    kills the whole pool and raises; the next call starts a fresh pool. A call therefore returns the
+    energies of its own configurations or raises, never another call's results.
     """
 
     def __init__(self, system, temperature: float, n_workers: int = 0, platform: str = "Reference",
-                 cpu_threads: int | None = 1):
+                 cpu_threads: int | None = 1, timeout: float = 300.0):
         import openmm
 
         if platform not in ("CPU", "Reference"):
             raise ValueError(f"platform must be 'CPU' or 'Reference', got {platform!r}")
         if n_workers < 0:
             raise ValueError(f"n_workers must be >= 0, got {n_workers}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive (seconds), got {timeout}")
         super().__init__(system.getNumParticles(), 3)
         self.system_xml = openmm.XmlSerializer.serialize(system)
         self.temperature = float(temperature)
@@ -168,6 +222,8 @@ class OpenMMEnergy(Energy):
         self.n_workers = int(n_workers)
         self.platform = platform
         self.cpu_threads = cpu_threads
+        self.timeout = float(timeout)
+        self._next_request = 0
         self.n_nonfinite = 0
         self.n_evaluations = 0
         self._context = None
@@ -182,21 +238,47 @@ class OpenMMEnergy(Energy):
         state["_finalizer"] = None
         return state
 
+    def _request_id(self) -> int:
+        self._next_request += 1
+        return self._next_request
+
     def _ensure_pool(self):
         if self._pool is None:
-            pool = [_Worker(self.system_xml, self.platform, self.cpu_threads)
-                    for _ in range(self.n_workers)]
+            pool = []
             try:
+                pool.extend(_Worker(self.system_xml, self.platform, self.cpu_threads)
+                            for _ in range(self.n_workers))
+                rid = self._request_id()
                 for w in pool:  # started together, waited on together
-                    w.receive()
-            except Exception:
-                _shutdown_pool(pool)
+                    w.send(rid, "init", w.init_msg, self.timeout)
+                for w in pool:
+                    w.receive(rid, self.timeout)
+            except BaseException:
+                _shutdown_pool(pool, kill=True)
                 raise
             self._pool = pool
             # weakref.finalize runs at close(), at garbage collection and at interpreter exit.
             self._finalizer = weakref.finalize(self, _shutdown_pool, pool)
             _LIVE.add(self)
         return self._pool
+
+    def _pool_compute(self, pos: np.ndarray):
+        """One all-or-nothing exchange with the pool: every worker's reply to this request, or raise."""
+        try:
+            pool = self._ensure_pool()
+            chunks = [c for c in np.array_split(pos, min(self.n_workers, pos.shape[0])) if len(c)]
+            rid = self._request_id()
+            for w, c in zip(pool, chunks):
+                w.send(rid, "eval", np.ascontiguousarray(c), self.timeout)
+            return [w.receive(rid, self.timeout) for w in pool[:len(chunks)]]
+        except BaseException as exc:
+            # Whatever went wrong (including KeyboardInterrupt between a request and its reply), the
+            # pipes may hold half a message or a reply nobody will read: no worker is trusted again.
+            self.close(kill=True)
+            if isinstance(exc, WorkerError) or not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt / SystemExit stay what they are
+            raise WorkerError(f"OpenMM worker pool failed ({type(exc).__name__}: {exc}); the pool was "
+                              "closed and the next call starts a fresh one") from exc
 
     def _compute(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float64 ``[B, N, 3]`` nm -> energies ``[B]`` kJ/mol, forces ``[B, N, 3]`` kJ/mol/nm."""
@@ -208,19 +290,7 @@ class OpenMMEnergy(Energy):
                 self._context = _make_context(self.system_xml, self.platform, self.cpu_threads)
             e, f, bad = _evaluate(self._context, pos)
         else:
-            pool = self._ensure_pool()
-            chunks = [c for c in np.array_split(pos, min(self.n_workers, b)) if len(c)]
-            for w, c in zip(pool, chunks):
-                w.send(("eval", np.ascontiguousarray(c)))
-            results, errors = [], []
-            for w in pool[:len(chunks)]:  # drain every reply so the pipes stay in step
-                try:
-                    results.append(w.receive())
-                except RuntimeError as err:
-                    errors.append(err)
-            if errors:
-                self.close()  # a broken pool is rebuilt on the next call
-                raise errors[0]
+            results = self._pool_compute(pos)
             e = np.concatenate([r[0] for r in results])
             f = np.concatenate([r[1] for r in results])
             bad = sum(r[2] for r in results)
@@ -245,10 +315,15 @@ class OpenMMEnergy(Energy):
         """``-grad u(x)`` ``[B, N, 3]`` straight from OpenMM (kT/nm)."""
         return self.energy_and_force(x)[1]
 
-    def close(self) -> None:
-        """Stop the worker processes (if any) and drop the Context. Safe to call twice."""
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker processes (if any; ``kill`` without waiting for them) and drop the Context.
+        Safe to call twice."""
         if self._finalizer is not None:
-            self._finalizer()  # runs _shutdown_pool once
+            if kill:
+                self._finalizer.detach()
+                _shutdown_pool(self._pool or [], kill=True)
+            else:
+                self._finalizer()  # runs _shutdown_pool once
             self._finalizer = None
         self._pool = None
         self._context = None

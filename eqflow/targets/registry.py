@@ -61,3 +61,12 @@ def _alanine_dipeptide_energy(solvent: str) -> Callable[..., Energy]:
 
 register_target("ala2_vacuum", _alanine_dipeptide_energy("vacuum"))
 register_target("ala2_implicit", _alanine_dipeptide_energy("implicit"))
+
+
+def _pdb_energy(pdb: str, **kwargs) -> Energy:
+    """``target: {name: pdb, kwargs: {pdb: path, forcefield: [...], temperature: 300, solvent: implicit}}``."""
+    from .molecular import pdb_system
+    return pdb_system(pdb, **kwargs).energy
+
+
+register_target("pdb", _pdb_energy)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["regularize_energy", "finite_mask"]
+__all__ = ["regularize_energy", "finite_mask", "masked_energy"]
 
 
 def regularize_energy(u: torch.Tensor, cut: float = 1e3, max_value: float = 1e9) -> torch.Tensor:
@@ -43,3 +43,40 @@ def regularize_energy(u: torch.Tensor, cut: float = 1e3, max_value: float = 1e9)
 def finite_mask(u: torch.Tensor) -> torch.Tensor:
     """Boolean mask of finite entries of ``u`` (``[...]`` -> same shape)."""
     return torch.isfinite(u)
+
+
+class _MaskedEnergy(torch.autograd.Function):
+    """``u(x)`` whose gradient rows are exactly zero where the energy or its force is not finite."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, target) -> torch.Tensor:
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            u = target.energy(xd)
+            (g,) = torch.autograd.grad(u.sum(), xd)
+        u = u.detach()
+        ok = torch.isfinite(u) & torch.isfinite(g).flatten(1).all(1)
+        ctx.save_for_backward(torch.where(ok[:, None, None], g, torch.zeros_like(g)), ok)
+        # A finite energy with a NaN force (coincident particles) is just as unusable: mark it +inf.
+        return torch.where(ok, u, torch.full_like(u, float("inf")))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        g, ok = ctx.saved_tensors
+        # Dropped rows get an exactly zero gradient whatever flows back to them (0 · inf, NaN);
+        # kept rows pass their incoming gradient through unchanged, NaN included (never hidden).
+        grad_out = torch.where(ok, grad_out, torch.zeros_like(grad_out))
+        return grad_out[:, None, None] * g, None
+
+
+def masked_energy(target, x: torch.Tensor) -> torch.Tensor:
+    """Reduced energy ``[B]`` of ``x`` ``[B, N, dim]`` for training losses: ``+inf`` (and an exactly
+    zero gradient) for every row whose energy or force is not finite.
+
+    With plain autograd, a row dropped from the loss still back-propagates ``0 · inf = NaN`` from an
+    overlapping configuration's force (LJ walls, coincident DW4 particles, OpenMM failures), which
+    poisons the whole batch's gradient. Here the energy and its gradient are computed together in the
+    forward pass (one energy and one force evaluation, as before) and non-finite rows are cut off,
+    so a batch's gradient equals the gradient of its finite rows alone. No double backward.
+    """
+    return _MaskedEnergy.apply(x, target)

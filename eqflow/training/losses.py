@@ -6,7 +6,7 @@ import contextlib
 import torch
 
 from ..flows import MixtureFlow
-from ..targets import Energy, regularize_energy
+from ..targets import Energy, masked_energy, regularize_energy
 
 __all__ = ["reverse_kl_loss", "maximum_likelihood_loss"]
 
@@ -20,8 +20,12 @@ def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinet
     the model: the training loss then rewards fields whose *integrated* log-density is wrong in its
     favour, and the flow's true density (a converged solve) is much worse than the loss says.
 
-    Energies are regularized above ``energy_cut`` (kT) for the gradient; samples whose energy or
-    log-density is not finite are dropped and counted. With a :class:`MixtureFlow` of K > 1
+    Energies are regularized above ``energy_cut`` (kT) for the gradient; samples whose energy, force
+    or log-density is not finite are dropped and counted, and the energy side of a dropped sample
+    contributes an exactly zero gradient (:func:`~eqflow.targets.masked_energy`). A sample whose
+    *flow* output is already non-finite cannot be separated from the batch's gradient (its NaN
+    activations meet zero cotangents in every parameter's gradient sum): the Trainer then skips the
+    step and counts it. With a :class:`MixtureFlow` of K > 1
     components the samples are stratified (n/K per component) and weighted by ``K·π_k``, which makes
     ``Σ_k π_k E_{q_k}[log q + u]`` exact in ``π`` (no score-function term is needed).
 
@@ -41,7 +45,7 @@ def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinet
             x, log_q = flow.sample(n)
             weights = None
         cost = flow.transport_cost if regularize else None
-    u_raw = target.energy(x)
+    u_raw = masked_energy(target, x)  # +inf with zero gradient where energy or force is not finite
     u = regularize_energy(u_raw, cut=energy_cut)
     ok = torch.isfinite(u) & torch.isfinite(log_q)
     terms = (log_q + u)[ok]

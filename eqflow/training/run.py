@@ -8,15 +8,20 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..builders import build_flow, build_target
-from ..config import Config, config_from_dict, config_to_dict
+from .. import distributed as dd
+from ..builders import build_model, build_target
+from ..checkpoint import previous_path
+from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..distributions import ensure_particle_reference, load_reference, split_reference
 from ..evaluation.plots import plot_training_curves
 from ..evaluation.report import evaluate_generator, format_summary, save_summary
-from ..generator import Generator
-from .trainer import Trainer, seed_everything
+from ..errors import RunFolderError
+from ..generator import Generator, resolve_eval_divergence
+from ..models import is_ode_model
+from .trainer import CHECKPOINT_NAME, Trainer, seed_everything
 
-__all__ = ["run_training", "resolve_reference", "PARTICLE_SYSTEMS"]
+__all__ = ["run_training", "resolve_reference", "prepare_run_folder", "check_device", "read_metrics",
+           "PARTICLE_SYSTEMS"]
 
 PARTICLE_SYSTEMS = ("dw4", "lj13", "lj55")
 
@@ -38,6 +43,8 @@ def resolve_reference(cfg: Config, target=None):
         path = ensure_particle_reference(cfg.target.name, cache_dir=cfg.target.reference_cache)
     else:
         path = Path(ref)
+        if not path.exists():
+            raise ConfigError(f"config key 'target.reference': reference file not found: {path}")
     kwargs = {}
     if path.suffix in (".h5", ".dcd") and target is not None:
         kwargs = dict(topology=getattr(target, "topology", None))
@@ -49,42 +56,104 @@ def _dtype(cfg: Config):
     return torch.float64 if cfg.train.dtype == "float64" else torch.float32
 
 
-def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = True,
-                 evaluate: bool = True) -> dict:
-    """Train ``cfg`` into ``out_dir`` (``config.yaml``, ``checkpoint.pt``, ``metrics.jsonl``, plots,
-    ``summary.json``); with ``resume`` continue from the checkpoint there. Returns the summary."""
+def check_device(device: str) -> None:
+    """One-line ConfigError when ``device`` (e.g. ``cuda``, ``cuda:1``, ``mps``) is not usable here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"config key 'train.device': {err}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} is not available: this torch has no CUDA device "
+                              f"(torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available")
+
+
+def prepare_run_folder(out_dir, cfg: Config, resume: bool, overwrite: bool) -> Path:
+    """Check that ``out_dir`` may be used as asked and clear it for ``overwrite``.
+
+    Raises :class:`~eqflow.errors.RunFolderError` (one line) for a fresh run into a folder that holds
+    a run, for ``resume`` without a checkpoint, for both flags at once, and for a resume whose model
+    sections (target, field, flow) differ from the saved config.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ck = out_dir / CHECKPOINT_NAME
+    has_run = ck.exists() or previous_path(ck).exists()
+    if resume and overwrite:
+        raise RunFolderError("choose one of --resume and --overwrite")
     if resume:
+        if not has_run:
+            raise RunFolderError(f"--resume: no checkpoint in {out_dir}")
         saved = out_dir / "config.yaml"
-        if not (out_dir / "checkpoint.pt").exists():
-            raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}")
         if saved.exists():
             old = config_from_dict(yaml.safe_load(saved.read_text()))
             for section in ("target", "field", "flow"):
                 if getattr(old, section) != getattr(cfg, section):
-                    raise ValueError(f"--resume: config section '{section}' differs from the run in {out_dir}; "
-                                     "only train/eval settings may change on resume")
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    seed_everything(cfg.train.seed)
+                    raise RunFolderError(f"--resume: config section '{section}' differs from the run in {out_dir}; "
+                                         "only train/eval settings may change on resume")
+    elif has_run:
+        if not overwrite:
+            raise RunFolderError(f"{out_dir} already holds a run (checkpoint.pt); continue it with --resume "
+                                 "or replace it with --overwrite")
+        for name in (CHECKPOINT_NAME, previous_path(ck).name, "metrics.jsonl", "summary.json"):
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = True,
+                 evaluate: bool = True, overwrite: bool = False) -> dict:
+    """Train ``cfg`` into ``out_dir`` (``config.yaml``, ``checkpoint.pt``, ``metrics.jsonl``, plots,
+    ``summary.json``); with ``resume`` continue from the checkpoint there, with ``overwrite`` replace
+    a run that is there (otherwise such a folder is refused). Returns the summary.
+
+    Under ``torchrun`` every rank trains its share of each batch (:mod:`eqflow.distributed`); rank 0
+    writes the run folder and evaluates (the other ranks return the training summary). The run
+    folder must be on a file system every rank sees (for ``--resume`` checks; rank 0 reads the
+    checkpoint and sends it to the others).
+    """
+    check_device(cfg.train.device)
+    info = dd.init_distributed(cfg.train.device)
+    device = cfg.train.device
+    if info.enabled and info.backend == "nccl":
+        device = f"cuda:{info.local_rank}"
+    if info.is_main:
+        out_dir = prepare_run_folder(out_dir, cfg, resume, overwrite)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    else:
+        out_dir = Path(out_dir)
+    dd.barrier()
+    seed_everything(cfg.train.seed)  # the same initial parameters on every rank
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(_dtype(cfg))
     try:
         target = build_target(cfg)
-        flow = build_flow(cfg, target).to(cfg.train.device)
+        flow = build_model(cfg, target).to(device)
         train_ref, test_ref = resolve_reference(cfg, target)
         if train_ref is not None:
             train_ref.positions = train_ref.positions.to(_dtype(cfg))
         if test_ref is not None:
             test_ref.positions = test_ref.positions.to(_dtype(cfg))
-        trainer = Trainer(cfg, flow, target, out_dir, train_data=train_ref, progress=progress, val_data=test_ref)
+        ev = cfg.eval
+        trainer = Trainer(flow, target, cfg.train, out_dir=out_dir, train_data=train_ref, val_data=test_ref,
+                          energy_cut=cfg.target.energy_cut, val_every=ev.val_every, val_samples=ev.val_samples,
+                          val_batch_size=ev.batch_size,
+                          val_log_prob=((lambda x: flow.log_prob(x, divergence=resolve_eval_divergence(
+                                            ev.divergence, flow.n_atoms, flow.dim, x.device)))
+                                        if is_ode_model(flow) else None),
+                          metadata={"config": config_to_dict(cfg)}, overwrite=True, progress=progress)
         if resume:
             trainer.load()
         train_summary = trainer.train()
-        records = [json.loads(line) for line in trainer.metrics_path.read_text().splitlines() if line.strip()]
+        summary = {"target": cfg.target.name, **train_summary}
+        if not info.is_main:
+            return summary
+        records = read_metrics(trainer.metrics_path)
         if records:
             plot_training_curves(records, out_dir / "training_curves.png")
-        summary = {"target": cfg.target.name, **train_summary}
         if evaluate:
             gen = Generator(flow, target, cfg)
             summary.update(evaluate_generator(gen, test_ref, out_dir=out_dir, progress=progress))
@@ -96,3 +165,16 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         close = getattr(locals().get("target"), "close", None)
         if callable(close):
             close()
+
+
+def read_metrics(path) -> list[dict]:
+    """Rows of a ``metrics.jsonl`` file; a line cut short by a killed write is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -1,10 +1,19 @@
-"""Training loop: reverse KL and/or maximum likelihood, with checkpoints that survive crashes."""
+"""Training loop for any density model: reverse KL and/or maximum likelihood, checkpoints that survive
+crashes, kills and signals.
+
+The :class:`Trainer` knows no config file. It takes a *model* (anything with ``sample(n) -> (x,
+log_q)`` and ``log_prob(x)``, see :mod:`eqflow.models`), a target energy, an optimizer (default Adam)
+and :class:`~eqflow.config.TrainConfig` settings (a plain dataclass). Config-driven building
+(:func:`~eqflow.training.run_training`) is a layer above it.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import random
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -13,14 +22,34 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, config_to_dict
+from ..checkpoint import previous_path, read_checkpoint, remove_temporary_files, save_checkpoint_atomic
+from ..config import TrainConfig
+from .. import distributed as dd
 from ..distributions import ReferenceData
+from ..errors import CheckpointError, RunFolderError
 from ..evaluation.metrics import ess
 from .losses import maximum_likelihood_loss, reverse_kl_loss
 
-__all__ = ["Trainer", "save_checkpoint_atomic", "make_scheduler", "seed_everything"]
+__all__ = ["Trainer", "TrainingInterrupted", "load_model_weights", "save_checkpoint_atomic", "make_scheduler", "seed_everything",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "eqflow-checkpoint-2"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after saving a checkpoint at :attr:`step`.
+
+    A ``KeyboardInterrupt``, so notebooks and callers that stop on Ctrl-C keep doing so.
+    """
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"checkpoint saved at step {step}, resume with --resume")
+        self.step, self.signum = step, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
 
 
 def seed_everything(seed: int) -> None:
@@ -29,29 +58,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint_atomic(obj: dict, path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``.
+def _seed_step(seed: int, rank: int, step: int) -> None:
+    """Seed torch, numpy and random for one training step of one rank (:func:`eqflow.distributed.step_seed`).
 
-    A crash or kill during the write leaves the previous checkpoint intact: ``os.replace`` is atomic
-    on POSIX and Windows.
+    The random stream of step ``k`` is a function of ``(seed, rank, k)`` alone, so the state "at the
+    start of a step" needs no saving: a resumed run (after a kill, Ctrl-C or SIGTERM mid-step) draws
+    exactly what the uninterrupted run drew, and the checkpoint is the same whatever the number of
+    ranks that wrote it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    s = dd.step_seed(seed, rank, step)
+    torch.manual_seed(s)
+    np.random.seed(s % 2 ** 32)
+    random.seed(s)
 
 
-def make_scheduler(optimizer, cfg: Config):
+def make_scheduler(optimizer, settings: TrainConfig):
     """Linear warm-up, then constant, cosine (to ``lr_final``) or exponential (to ``lr_final``)."""
-    t = cfg.train
+    t = settings
     floor = t.lr_final / t.lr
 
     def factor(step: int) -> float:
@@ -68,42 +91,84 @@ def make_scheduler(optimizer, cfg: Config):
 
 
 class Trainer:
-    """Fits a flow to a target by reverse KL (energy only) and/or maximum likelihood.
+    """Fits a density model to a target by reverse KL (energy only) and/or maximum likelihood.
 
     Parameters
     ----------
-    cfg : the full configuration (``cfg.train`` drives the loop)
-    flow : the flow (a :class:`~eqflow.flows.MixtureFlow` or :class:`~eqflow.flows.ContinuousFlow`)
-    target : the :class:`~eqflow.targets.Energy`
-    out_dir : run folder: ``checkpoint.pt`` and ``metrics.jsonl`` go here
-    train_data : reference samples for the maximum-likelihood term (``train.ml_weight > 0``)
+    model : ``torch.nn.Module`` with ``sample(n) -> (x [n, N, dim], log_q [n])`` (reparameterized) and
+        ``log_prob(x) -> [n]``; eqflow's flows, the IC baseline, or a hand-built model
+    target : the :class:`~eqflow.targets.Energy` (reduced energies)
+    settings : :class:`~eqflow.config.TrainConfig` (steps, batch size, loss weights, lr schedule, ...)
+    optimizer : default ``Adam(lr=settings.lr, weight_decay=settings.weight_decay)`` over the model's
+        trainable parameters
+    out_dir : run folder: ``checkpoint.pt`` (and its fallback ``checkpoint.pt.prev``) and
+        ``metrics.jsonl`` go here
+    train_data : reference samples for the maximum-likelihood term (``settings.ml_weight > 0``)
+    val_data : held-out reference samples; with ``val_every > 0`` their NLL is logged
+    energy_cut : training energies above this (kT) grow only logarithmically
+    val_every, val_samples, val_batch_size : validation NLL schedule and cost
+    val_log_prob : ``x -> log q(x)`` used for validation (default ``model.log_prob``), e.g. with an
+        exact divergence
+    metadata : plain data stored in every checkpoint (the run layer stores the config there)
+    overwrite : allow a fresh run into a folder that already holds a checkpoint
     progress : show a tqdm bar
 
-    Steps whose loss or gradient is not finite are skipped (no parameter update) and counted;
-    samples with non-finite energies are dropped inside the loss and counted. Gradients are clipped
-    to ``train.grad_clip``. Checkpoints (model, optimizer, scheduler, RNG states, counters) are written
-    atomically every ``train.checkpoint_every`` steps, at the end, and on Ctrl-C.
+    Notes
+    -----
+    Samples whose energy, force or log-density is not finite are dropped inside the loss with an
+    exactly zero gradient and counted; steps whose loss or gradient is still not finite are skipped
+    (no update) and counted, with one warning once more than ``settings.skip_warning_fraction`` of
+    the steps so far were skipped. Gradients are clipped to ``settings.grad_clip``.
+
+    Checkpoints (model, optimizer, scheduler, counters, metadata) are written atomically every
+    ``settings.checkpoint_every`` steps, at the end, and when SIGINT or SIGTERM arrive; then
+    :class:`TrainingInterrupted` is raised. Each step seeds the random generators from ``(seed, rank,
+    step)``, so the random state at the start of a step is never lost: a signal in the middle of a
+    step abandons it, the checkpoint holds the state from its start, and a resumed run equals an
+    uninterrupted one step for step (this also reseeds the global generators, at every step).
+
+    Under ``torchrun`` (:mod:`eqflow.distributed`) each rank draws its share of the global batch
+    ``settings.batch_size`` with its own seed stream, gradients are averaged over ranks before
+    clipping, metrics are reduced over ranks, rank 0 alone writes files, signals stop all ranks at
+    the same step boundary, and the checkpoint is the same whatever the number of ranks.
     """
 
-    def __init__(self, cfg: Config, flow, target, out_dir, train_data: ReferenceData | None = None,
-                 progress: bool = True, val_data: ReferenceData | None = None):
-        self.cfg, self.flow, self.target = cfg, flow, target
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, model, target, settings: TrainConfig | None = None, optimizer=None, out_dir=None,
+                 train_data: ReferenceData | None = None, val_data: ReferenceData | None = None,
+                 energy_cut: float = 1000.0, val_every: int = 0, val_samples: int = 200,
+                 val_batch_size: int = 1000, val_log_prob=None, metadata: dict | None = None,
+                 overwrite: bool = False, progress: bool = True):
+        self.model, self.target = model, target
+        self.settings = t = settings if settings is not None else TrainConfig()
+        self.out_dir = Path(out_dir if out_dir is not None else "runs/untitled")
+        if dd.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(self.out_dir)  # from writes killed in an earlier run
         self.train_data = train_data
-        self.val_x = (None if val_data is None or cfg.eval.val_every <= 0
-                      else val_data.positions[: cfg.eval.val_samples])
+        self.energy_cut = float(energy_cut)
+        self.val_every, self.val_batch_size = int(val_every), int(val_batch_size)
+        self.val_x = (None if val_data is None or val_every <= 0 else val_data.positions[:val_samples])
+        self.val_log_prob = val_log_prob or model.log_prob
+        self.metadata = dict(metadata or {})
+        self.overwrite = overwrite
         self.progress = progress
-        t = cfg.train
         if t.ml_weight > 0 and (train_data is None or len(train_data) == 0):
             raise ValueError("train.ml_weight > 0 but no reference samples were given for maximum likelihood")
-        self.optimizer = torch.optim.Adam([p for p in flow.parameters() if p.requires_grad], lr=t.lr,
-                                          weight_decay=t.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.optimizer = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                                       lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, t)
         self.step = 0
         self.n_skipped = 0
         self.n_dropped = 0
         self.elapsed = 0.0  # training seconds, summed over resumed runs (the budget counts these)
+        self._resumed = False
+        self._skip_warned = False
+        self._defer_signals = False
+        self._pending_signal = None
+        self.dist = dd.dist_info()
+        if self.dist.enabled:  # every rank starts from rank 0's parameters, whatever seeded them
+            for p in model.parameters():
+                torch.distributed.broadcast(p.data, src=0)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -116,150 +181,323 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "format": "eqflow-checkpoint-1",
-            "config": config_to_dict(self.cfg),
-            "model": self.flow.state_dict(),
+            "format": CHECKPOINT_FORMAT,
+            "metadata": self.metadata,
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
+            "seed": self.settings.seed,
             "n_skipped": self.n_skipped,
             "n_dropped": self.n_dropped,
             "elapsed": self.elapsed,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
 
     def save(self) -> Path:
-        return save_checkpoint_atomic(self.state_dict(), self.checkpoint_path)
+        """Write the checkpoint (rank 0 only; other ranks hold the same state)."""
+        if dd.is_main():
+            save_checkpoint_atomic(self.state_dict(), self.checkpoint_path)
+        return self.checkpoint_path
 
     def load(self, path=None) -> None:
-        """Restore everything saved by :meth:`save`, including RNG states (resume is exact on CPU)."""
-        path = Path(path or self.checkpoint_path)
-        if not path.exists():
-            raise FileNotFoundError(f"no checkpoint to resume from: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.flow.load_state_dict(state["model"])
+        """Restore everything saved by :meth:`save` (resume is exact on CPU, for any number of ranks).
+
+        Without ``path``, the run folder's checkpoint; if that one is damaged, its fallback
+        (``checkpoint.pt.prev``, one save older) with a warning. Under torchrun rank 0 reads the file
+        and sends its contents to the other ranks.
+        """
+        state = None
+        if dd.is_main():
+            if path is None and not self.checkpoint_path.exists() and \
+                    not previous_path(self.checkpoint_path).exists():
+                raise RunFolderError(f"nothing to resume: no checkpoint in {self.out_dir}")
+            state = _read_run_checkpoint(Path(path or self.checkpoint_path), fallback=path is None)
+        if self.dist.enabled:
+            box = [state]
+            torch.distributed.broadcast_object_list(box, src=0)
+            state = box[0]
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.n_skipped = state["step"], state["n_skipped"]
         self.n_dropped, self.elapsed = state["n_dropped"], state["elapsed"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        self._truncate_metrics()
+        self._resumed = True
+        if dd.is_main():
+            self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
-        # Rows logged after the checkpoint belong to a run that will be redone.
+        # Rows logged after the checkpoint belong to a run that will be redone; a line cut short by
+        # a kill during its write is dropped.
         if not self.metrics_path.exists():
             return
-        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if r.get("step", 0) <= self.step]
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= self.step:
+                keep.append(row)
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     # -- one step --------------------------------------------------------------------------------
+    def _local_batch(self, global_batch: int) -> int:
+        return dd.shard_sizes(global_batch, self.dist.world_size)[self.dist.rank]
+
     def compute_loss(self):
-        """The configured loss on one batch: ``(loss, record)``."""
-        t = self.cfg.train
+        """The configured loss on this rank's share of one batch: ``(loss, record)``.
+
+        ``record`` holds this rank's floats; ``log_w`` (a tensor, for the batch ESS) is gathered over
+        ranks by :meth:`train_step`.
+        """
+        t = self.settings
         loss = 0.0
         record = {}
         if t.kl_weight > 0:
-            kl, stats = reverse_kl_loss(self.flow, self.target, t.batch_size, self.cfg.target.energy_cut,
+            kl, stats = reverse_kl_loss(self.model, self.target, self._local_batch(t.batch_size), self.energy_cut,
                                         kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight)
             loss = loss + t.kl_weight * kl
             record.update({k: stats[k] for k in ("kinetic", "jacobian") if k in stats})
-            record.update(kl=stats["kl"], energy=stats["energy"], dropped=stats["n_dropped"],
-                          ess_batch=ess(stats["log_w"].cpu().numpy()) if torch.isfinite(stats["log_w"]).any()
-                          else 0.0)
+            record.update(kl=stats["kl"], energy=stats["energy"], dropped=stats["n_dropped"], log_w=stats["log_w"])
         if t.ml_weight > 0:
-            idx = torch.randint(len(self.train_data), (t.ml_batch_size,))
+            idx = torch.randint(len(self.train_data), (self._local_batch(t.ml_batch_size),))
             x = self.train_data.positions[idx].to(device=self._device(), dtype=self._dtype())
-            ml, stats = maximum_likelihood_loss(self.flow, x)
+            ml, stats = maximum_likelihood_loss(self.model, x)
             loss = loss + t.ml_weight * ml
-            record.update(nll=stats["nll"])
+            record.update(nll=stats["nll"], dropped=record.get("dropped", 0) + stats["n_dropped"])
         return loss, record
 
     def _dtype(self):
-        return next(self.flow.parameters()).dtype
+        return next(self.model.parameters()).dtype
 
     def _device(self):
-        return next(self.flow.parameters()).device
+        return next(self.model.parameters()).device
+
+    def _reduce_record(self, record: dict) -> dict:
+        """Metrics over all ranks: means of the floats, sums of counts, the ESS of the whole batch."""
+        log_w = record.pop("log_w", None)
+        if log_w is not None:
+            log_w = dd.all_gather_cat(log_w.detach())
+            record["ess_batch"] = ess(log_w.cpu().numpy()) if torch.isfinite(log_w).any() else 0.0
+        if not self.dist.enabled:
+            return record
+        counts = dd.all_reduce_sum({k: record[k] for k in ("dropped",) if k in record})
+        floats = dd.all_reduce_mean({k: v for k, v in record.items()
+                                     if k not in counts and k != "ess_batch" and isinstance(v, float)})
+        record.update(floats)
+        record.update({k: int(v) for k, v in counts.items()})
+        return record
 
     def train_step(self) -> dict:
-        """One optimizer step (or a counted skip). Returns the logged record."""
-        self.flow.train()
+        """One optimizer step (or a counted skip), this rank's part of it under torchrun. Returns the
+        logged record (reduced over ranks)."""
+        self.model.train()
+        _seed_step(self.settings.seed, self.dist.rank, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss, record = self.compute_loss()
         record["dropped"] = record.get("dropped", 0)
-        self.n_dropped += record["dropped"]
-        skipped = not torch.isfinite(loss)
-        grad_norm = float("nan")
-        if not skipped:
+        finite = bool(torch.isfinite(torch.as_tensor(loss)))
+        if finite:
             loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.cfg.train.grad_clip))
-            skipped = not math.isfinite(grad_norm)
-        if skipped:
-            self.n_skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            warnings.warn(f"step {self.step}: non-finite loss or gradient, step skipped "
-                          f"({self.n_skipped} skipped so far)", RuntimeWarning, stacklevel=2)
-        else:
-            self.optimizer.step()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        self.step += 1
+        if self.dist.enabled:  # every rank takes part, even one whose loss is not finite (NaN spreads)
+            if not finite:
+                for p in self.model.parameters():
+                    p.grad = torch.full_like(p, float("nan")) if p.requires_grad else None
+            dd.all_reduce_gradients(self.model.parameters())
+            finite = True
+        grad_norm = float("nan")
+        if finite:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip))
+        skipped = not math.isfinite(grad_norm)
+        record = self._reduce_record(record)
+        with self._signals_deferred():  # the update and its counters happen all together or not at all
+            if skipped:
+                self.n_skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self.optimizer.step()
+            lr = self.optimizer.param_groups[0]["lr"]
+            with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
+                                        category=UserWarning)
+                self.scheduler.step()
+            self.n_dropped += record["dropped"]
+            self.step += 1
         record.update(step=self.step, loss=float(loss.detach()) if torch.is_tensor(loss) else float(loss),
                       grad_norm=grad_norm, lr=lr, skipped=int(skipped))
+        if self.dist.enabled:
+            record["loss"] = dd.all_reduce_mean({"loss": record["loss"]})["loss"]
+        self._warn_if_many_skipped()
         return record
 
+    def _warn_if_many_skipped(self) -> None:
+        frac = self.settings.skip_warning_fraction
+        if not self._skip_warned and self.step >= 10 and self.n_skipped > frac * self.step:
+            self._skip_warned = True
+            if dd.is_main():
+                warnings.warn(f"{self.n_skipped} of {self.step} training steps were skipped (non-finite loss or "
+                              f"gradient), more than train.skip_warning_fraction = {frac}: training is stalling",
+                              RuntimeWarning, stacklevel=3)
+
     def validation_nll(self) -> float:
-        """NLL (nats) of the fixed held-out samples under the current flow, no graph kept."""
+        """NLL (nats) of the fixed held-out samples under the current model, no graph kept."""
         from ..evaluation.metrics import nll
-        self.flow.eval()
+        self.model.eval()
         x = self.val_x.to(device=self._device(), dtype=self._dtype())
-        bs = self.cfg.eval.batch_size
-        from ..generator import resolve_eval_divergence
-        div = resolve_eval_divergence(self.cfg.eval.divergence, self.flow.n_atoms, self.flow.dim, x.device)
+        bs = self.val_batch_size
         with torch.no_grad():
-            lq = torch.cat([self.flow.log_prob(x[i:i + bs], divergence=div)
-                            for i in range(0, x.shape[0], bs)])
+            lq = torch.cat([self.val_log_prob(x[i:i + bs]) for i in range(0, x.shape[0], bs)])
         return nll(lq)
+
+    # -- signals -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_deferred(self):
+        self._defer_signals = True
+        try:
+            yield
+        finally:
+            self._defer_signals = False
+        if self._pending_signal is not None and not self.dist.enabled:
+            signum, self._pending_signal = self._pending_signal, None
+            raise _Stop(signum)
+
+    def _on_signal(self, signum, frame):
+        # Under torchrun every rank gets the signal but may be inside a collective: the ranks then
+        # stop together at the next step boundary (see _agree), never one alone mid-step.
+        if self._defer_signals or self.dist.enabled:
+            self._pending_signal = signum
+            return
+        raise _Stop(signum)
+
+    def _agree(self, elapsed: float) -> tuple[int | None, float]:
+        """Under torchrun: the signal any rank got (or None) and the largest elapsed time, so that
+        every rank stops at the same step."""
+        if not self.dist.enabled:
+            return self._pending_signal, elapsed
+        t = torch.tensor([float(self._pending_signal or 0), elapsed], dtype=torch.float64,
+                         device="cuda" if self.dist.backend == "nccl" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        signum = int(t[0].item())
+        return (signum or None), float(t[1].item())
+
+    @contextlib.contextmanager
+    def _stop_signals_saved(self):
+        """SIGINT and SIGTERM raise inside the loop (main thread only; elsewhere they stay as they are)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _check_fresh_folder(self) -> None:
+        if self._resumed or self.overwrite or self.step > 0:
+            return
+        if self.checkpoint_path.exists():
+            raise RunFolderError(f"{self.out_dir} already holds a run (checkpoint.pt); continue it with "
+                                 "--resume or replace it with --overwrite")
 
     # -- loop --------------------------------------------------------------------------------------
     def train(self) -> dict:
-        """Run until ``train.steps`` or the wall-clock budget. Returns a summary dict."""
-        t = self.cfg.train
+        """Run until ``settings.steps`` or the wall-clock budget. Returns a summary dict."""
+        t = self.settings
+        self._check_fresh_folder()
+        main = dd.is_main()
+        if main and self.overwrite and not self._resumed and self.step == 0 and self.metrics_path.exists():
+            self.metrics_path.unlink()
         budget = None if t.budget_minutes is None else 60.0 * t.budget_minutes
-        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (self.progress and main), desc="train",
+                   dynamic_ncols=True)
         stop_reason = "steps"
         last_step = 0.0  # the budget is a cap: a step that would end past it is not started
+        log = open(self.metrics_path, "a") if main else contextlib.nullcontext()
         try:
-            with open(self.metrics_path, "a") as log:
-                if self.val_x is not None and self.step == 0:
-                    log.write(json.dumps({"step": 0, "val_nll": self.validation_nll()}) + "\n")
-                while self.step < t.steps:
-                    if budget is not None and self.elapsed + last_step > budget:
-                        stop_reason = "budget"
-                        break
-                    t0 = time.perf_counter()
-                    record = self.train_step()
-                    last_step = time.perf_counter() - t0
-                    self.elapsed += last_step
-                    record["time"] = round(self.elapsed, 3)
-                    if self.val_x is not None and self.step % self.cfg.eval.val_every == 0:
-                        record["val_nll"] = self.validation_nll()
-                    if (self.step % t.log_every == 0 or self.step == t.steps or self.step == 1
-                            or "val_nll" in record):
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", ess=f"{record.get('ess_batch', float('nan')):.3f}")
-                    if self.step % t.checkpoint_every == 0:
-                        self.save()
-        except KeyboardInterrupt:
-            stop_reason = "interrupted"
-            self.save()
-            raise
+            with self._stop_signals_saved(), log:
+                try:
+                    if self.val_x is not None and self.step == 0 and main:
+                        log.write(json.dumps({"step": 0, "val_nll": self.validation_nll()}) + "\n")
+                    while self.step < t.steps:
+                        signum, elapsed = self._agree(self.elapsed + last_step)
+                        if signum is not None:
+                            raise _Stop(signum)
+                        if budget is not None and elapsed > budget:
+                            stop_reason = "budget"
+                            break
+                        t0 = time.perf_counter()
+                        record = self.train_step()
+                        last_step = time.perf_counter() - t0
+                        self.elapsed += last_step
+                        record["time"] = round(self.elapsed, 3)
+                        if not main:
+                            continue
+                        if self.val_x is not None and self.step % self.val_every == 0:
+                            record["val_nll"] = self.validation_nll()
+                        if (self.step % t.log_every == 0 or self.step == t.steps or self.step == 1
+                                or "val_nll" in record or record["skipped"]):
+                            log.write(json.dumps(record) + "\n")
+                            log.flush()
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                        ess=f"{record.get('ess_batch', float('nan')):.3f}")
+                        if self.step % t.checkpoint_every == 0:
+                            with self._signals_deferred():
+                                self.save()
+                except _Stop as stop:
+                    self.optimizer.zero_grad(set_to_none=True)  # a step cut short leaves no trace
+                    self.save()
+                    raise TrainingInterrupted(self.step, stop.signum) from None
+                except KeyboardInterrupt:  # raised by other code (a library's own SIGINT handling)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.save()
+                    raise TrainingInterrupted(self.step, signal.SIGINT) from None
         finally:
             bar.close()
         self.save()
         return {"steps": self.step, "stop_reason": stop_reason, "train_seconds": round(self.elapsed, 1),
-                "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped}
+                "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped,
+                "world_size": self.dist.world_size}
+
+
+class _Stop(BaseException):
+    """Internal: a stop signal arrived (not an Exception, so no library code swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _read_run_checkpoint(path: Path, fallback: bool) -> dict:
+    """:func:`~eqflow.checkpoint.read_checkpoint` of a run's checkpoint, falling back to the copy one
+    save older when the newest is missing or damaged (``fallback``)."""
+    try:
+        state = read_checkpoint(path)
+    except CheckpointError as err:
+        prev = previous_path(path)
+        if not (fallback and prev.exists()):
+            raise
+        state = read_checkpoint(prev)
+        warnings.warn(f"{err}; resuming from the previous checkpoint {prev.name} (step {state.get('step')})",
+                      RuntimeWarning, stacklevel=3)
+    check_checkpoint_format(state, path)
+    return state
+
+
+def load_model_weights(model, path):
+    """Load the weights of a checkpoint written by :class:`Trainer` (a run folder or file) into
+    ``model`` (built by hand the same way as the one trained). Returns ``model``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    state = read_checkpoint(path)
+    check_checkpoint_format(state, path)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def check_checkpoint_format(state: dict, path) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an eqflow checkpoint of this version "
+                              f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")

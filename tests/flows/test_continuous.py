@@ -198,3 +198,21 @@ def test_errors_name_the_problem():
         flow.log_prob(torch.zeros(2, 4, 3))
     with pytest.raises(ValueError, match="node features"):
         MixtureFlow(field, MixtureBase(5, 3, 2))
+
+
+def test_sample_zero_and_nonfinite_log_prob_input():
+    from eqflow.distributions import MixtureBase
+    from eqflow.flows import MixtureFlow
+    from eqflow.nn import EGNNField
+
+    torch.manual_seed(0)
+    flow = MixtureFlow(EGNNField(dim=2, n_node_features=2, hidden=8, n_layers=1), MixtureBase(4, 2, 2, 1.0),
+                       n_steps=2)
+    x, log_q = flow.sample(0)
+    assert x.shape == (0, 4, 2) and log_q.shape == (0,)
+    with pytest.raises(ValueError, match=">= 0"):
+        flow.sample(-3)
+    bad = flow.sample(3)[0].detach()
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite positions .* in 1 of 3"):
+        flow.log_prob(bad)

@@ -76,3 +76,29 @@ def test_registry():
 
     x = torch.tensor(mdtraj.load(alanine_dipeptide_pdb()).xyz, dtype=torch.float64)
     assert torch.isfinite(e(x)).all()
+
+
+@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"\x89PNG\r\n\x1a\n\x00\x01", "binary"),
+                                              (b"hello\nworld\n", "no ATOM")])
+def test_empty_or_non_pdb_file_gives_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.pdb"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        MolecularSystem(str(path))
+
+
+def test_pdb_target_from_a_config():
+    from eqflow.builders import build_target
+    from eqflow.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict({"target": {"name": "pdb", "reference": None,
+                                       "kwargs": {"pdb": alanine_dipeptide_pdb(), "solvent": "implicit",
+                                                  "temperature": 300.0}}})
+    energy = build_target(cfg)
+    ref = alanine_dipeptide("implicit")
+    x = ref.positions[None]
+    assert torch.equal(energy(x), ref.energy(x))
+    assert energy.chiral_signs == [1.0] and energy.dihedrals["phi"] == (4, 6, 8, 14)
+    bad = config_from_dict({"target": {"name": "pdb", "reference": None, "kwargs": {"pdb": "/nope.pdb"}}})
+    with pytest.raises(ConfigError, match="PDB file not found"):
+        build_target(bad)

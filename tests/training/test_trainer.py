@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from eqflow import load_checkpoint
+from eqflow import Generator, load_checkpoint
+from eqflow.checkpoint import read_checkpoint
 from eqflow.builders import build_flow, build_target
-from eqflow.config import config_from_dict
+from eqflow.config import config_from_dict, config_to_dict
 from eqflow.training import Trainer, reverse_kl_loss, run_training, save_checkpoint_atomic
 
 TINY = {
@@ -31,7 +32,8 @@ def tiny_cfg(**train):
 def make_trainer(cfg, out):
     torch.manual_seed(cfg.train.seed)
     target = build_target(cfg)
-    return Trainer(cfg, build_flow(cfg, target), target, out, progress=False)
+    return Trainer(build_flow(cfg, target), target, cfg.train, out_dir=out, energy_cut=cfg.target.energy_cut,
+                   metadata={"config": config_to_dict(cfg)}, progress=False)
 
 
 def losses(path):
@@ -57,7 +59,7 @@ def test_checkpoint_round_trip_and_generator(tmp_path):
     tr.train()
     gen = load_checkpoint(tmp_path)
     assert gen.target.n_atoms == 4
-    for a, b in zip(gen.flow.state_dict().values(), tr.flow.state_dict().values()):
+    for a, b in zip(gen.flow.state_dict().values(), tr.model.state_dict().values()):
         assert torch.equal(a, b)
     torch.manual_seed(0)
     x, log_q = gen.sample(16, divergence="exact")
@@ -94,12 +96,12 @@ def test_killed_run_leaves_loadable_checkpoint(tmp_path):
     ck = tmp_path / "run" / "checkpoint.pt"
     import time
     t0 = time.time()
-    while time.time() - t0 < 120 and not (ck.exists() and torch.load(ck, weights_only=False)["step"] >= 3):
+    while time.time() - t0 < 120 and not (ck.exists() and read_checkpoint(ck)["step"] >= 3):
         time.sleep(0.5)
     proc.kill()
     proc.wait()
     gen = load_checkpoint(ck)
-    state = torch.load(ck, weights_only=False)
+    state = read_checkpoint(ck)
     assert state["step"] >= 3
     x, _ = gen.sample(4, with_log_prob=False)
     assert torch.isfinite(x).all()
@@ -109,21 +111,22 @@ def test_reverse_kl_training_lowers_the_loss(tmp_path):
     cfg = tiny_cfg(steps=40, lr=5e-3, batch_size=64)
     tr = make_trainer(cfg, tmp_path)
     torch.manual_seed(123)
-    before = np.mean([float(reverse_kl_loss(tr.flow, tr.target, 256)[0].detach()) for _ in range(2)])
+    before = np.mean([float(reverse_kl_loss(tr.model, tr.target, 256)[0].detach()) for _ in range(2)])
     tr.train()
     torch.manual_seed(123)
-    after = np.mean([float(reverse_kl_loss(tr.flow, tr.target, 256)[0].detach()) for _ in range(2)])
+    after = np.mean([float(reverse_kl_loss(tr.model, tr.target, 256)[0].detach()) for _ in range(2)])
     assert after < before - 1.0
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
-    tr = make_trainer(tiny_cfg(steps=2), tmp_path)
+    tr = make_trainer(tiny_cfg(steps=12), tmp_path)
     tr.compute_loss = lambda: (torch.tensor(float("nan"), requires_grad=True), {})
-    before = [p.detach().clone() for p in tr.flow.parameters()]
-    with pytest.warns(RuntimeWarning, match="skipped"):
-        tr.train()
-    assert tr.n_skipped == 2
-    assert all(torch.equal(a, b) for a, b in zip(before, tr.flow.parameters()))
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    with pytest.warns(RuntimeWarning, match="10 of 10 training steps were skipped") as record:
+        summary = tr.train()
+    assert len([w for w in record if "skipped" in str(w.message)]) == 1  # one warning, not one per step
+    assert tr.n_skipped == 12 and summary["skipped_steps"] == 12
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
 
 
 def test_run_training_writes_run_folder(tmp_path):
@@ -175,9 +178,9 @@ def test_regularized_reverse_kl_adds_transport_cost(tmp_path):
     cfg = tiny_cfg()
     tr = make_trainer(cfg, tmp_path)
     torch.manual_seed(5)
-    plain, s0 = reverse_kl_loss(tr.flow, tr.target, 64)
+    plain, s0 = reverse_kl_loss(tr.model, tr.target, 64)
     torch.manual_seed(5)
-    reg, s1 = reverse_kl_loss(tr.flow, tr.target, 64, kinetic_weight=0.5, jacobian_weight=0.25)
+    reg, s1 = reverse_kl_loss(tr.model, tr.target, 64, kinetic_weight=0.5, jacobian_weight=0.25)
     assert "kinetic" not in s0 and s1["kinetic"] > 0 and s1["jacobian"] > 0
     assert s1["kl"] == pytest.approx(s0["kl"], abs=1e-5)  # same seed, same samples
     assert float(reg.detach()) == pytest.approx(s1["kl"] + 0.5 * s1["kinetic"] + 0.25 * s1["jacobian"], rel=1e-5)
@@ -192,10 +195,10 @@ def test_evaluation_solver_and_solver_check(tmp_path):
     from eqflow.evaluation.report import solver_check
     make_trainer(tiny_cfg(steps=2), tmp_path).train()
     gen = load_checkpoint(tmp_path)
-    assert gen.solver_settings()["n_steps"] == 2  # eval.n_steps null: the training solver
-    gen.config = apply_overrides(gen.config, ["eval.n_steps=16"])
+    assert gen.solver_settings().n_steps == 2  # eval.n_steps null: the training solver
+    gen = Generator(gen.model, gen.target, apply_overrides(gen.config, ["eval.n_steps=16"]))
     s = gen.solver_settings(refine=2)
-    assert s["solver"] == "rk4" and s["n_steps"] == 32
+    assert s.solver == "rk4" and s.n_steps == 32 and s.label == "rk4-32"
     torch.manual_seed(0)
     x, log_q = gen.sample(32, divergence="exact")
     assert gen.flow.n_steps == 2  # restored after sampling
