@@ -106,11 +106,17 @@ def run_case(case: DivergenceCase) -> dict:
     return dict(asdict(case), mode=case.mode, wall_s=wall, peak_gb=peak / 1e9, finite=ok)
 
 
+def _label(case) -> dict:
+    # Divergence cases carry a column label; other cases run through run_isolated (bench_fields) do not.
+    mode = getattr(case, "mode", None)
+    return {} if mode is None else {"mode": mode}
+
+
 def _child(case, queue, runner=None):
     try:
         queue.put((runner or run_case)(case))
     except Exception as exc:  # reported in the table, not swallowed
-        queue.put(dict(asdict(case), mode=case.mode, error=f"{type(exc).__name__}: {str(exc)[:200]}"))
+        queue.put(dict(asdict(case), **_label(case), error=f"{type(exc).__name__}: {str(exc)[:200]}"))
 
 
 def run_isolated(case, timeout: float | None = None, runner=None) -> dict:
@@ -124,9 +130,9 @@ def run_isolated(case, timeout: float | None = None, runner=None) -> dict:
     if proc.is_alive():
         proc.kill()
         proc.join()
-        return dict(asdict(case), mode=case.mode, error=f"timeout after {timeout:.0f} s")
+        return dict(asdict(case), **_label(case), error=f"timeout after {timeout:.0f} s")
     if proc.exitcode != 0 and queue.empty():
-        return dict(asdict(case), mode=case.mode,
+        return dict(asdict(case), **_label(case),
                     error=f"process died (exit code {proc.exitcode}; out of memory?)")
     return queue.get()
 
