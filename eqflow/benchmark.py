@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["DivergenceCase", "run_case", "run_isolated", "format_table"]
+__all__ = ["DivergenceCase", "run_case", "run_isolated", "format_table", "time_log_prob"]
 
 
 @dataclass
@@ -32,6 +32,16 @@ class DivergenceCase:
     micro_batch: int | None = None  # revkl: accumulate gradients over chunks of this size
     seed: int = 0
     device: str = "cpu"
+    exact_method: str = "loop"  # exact divergence: "loop" (one backward pass per coordinate) | "batched"
+    exact_chunk_size: int | None = None  # batched: basis vectors per backward pass (None: default)
+    exact_row_chunk: int | str | None = "auto"  # exact: rows per block of field + divergence (None: all)
+    compile: bool = False  # torch.compile the field (the warm-up absorbs the compilation)
+
+    @property
+    def mode(self) -> str:
+        """Column label: ``exact-loop``, ``exact-batched`` or ``hutchinson`` (``+compile``)."""
+        name = f"exact-{self.exact_method}" if self.divergence == "exact" else self.divergence
+        return name + ("+compile" if self.compile else "")
 
 
 def _peak_rss_bytes() -> int:
@@ -50,14 +60,24 @@ def run_case(case: DivergenceCase) -> dict:
     device = torch.device(case.device)
     cuda = device.type == "cuda"
     field = EGNNField(dim=case.dim, hidden=case.hidden, n_layers=case.n_layers).to(device)
-    flow = ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), divergence=case.divergence,
-                          solver="rk4", n_steps=case.n_steps, adjoint=case.memory_mode == "adjoint",
-                          checkpoint=case.memory_mode == "checkpoint").to(device)
-    # Warm-up outside the measurement (allocator, lazy init, CUDA kernels of both passes).
-    warm = ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), divergence=case.divergence,
-                          solver="euler", n_steps=1).to(device)
-    x, log_q = warm.sample(2)
-    (log_q.sum() + x.sum()).backward()
+    if case.compile:
+        field = torch.compile(field, dynamic=False)
+    kw = dict(divergence=case.divergence, exact_method=case.exact_method, exact_chunk_size=case.exact_chunk_size,
+              exact_row_chunk=case.exact_row_chunk)
+    flow = ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), solver="rk4", n_steps=case.n_steps,
+                          adjoint=case.memory_mode == "adjoint", checkpoint=case.memory_mode == "checkpoint",
+                          **kw).to(device)
+    # Warm-up outside the measurement (allocator, lazy init, CUDA kernels of both passes, compilation):
+    # the measured batch size, so a compiled field is not recompiled for a new shape.
+    warm = ContinuousFlow(field, CoMFreeGaussian(case.n_atoms, case.dim), solver="euler", n_steps=1,
+                          **kw).to(device)
+    wb = case.micro_batch or case.batch if case.task == "revkl" else case.batch
+    if case.task == "sample":
+        with torch.no_grad():
+            warm.sample(wb)
+    else:
+        x, log_q = warm.sample(wb)
+        (log_q.sum() + x.sum()).backward()
     field.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.synchronize(device)
@@ -83,14 +103,20 @@ def run_case(case: DivergenceCase) -> dict:
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) if cuda else max(0, _peak_rss_bytes() - rss0)
-    return dict(asdict(case), wall_s=wall, peak_gb=peak / 1e9, finite=ok)
+    return dict(asdict(case), mode=case.mode, wall_s=wall, peak_gb=peak / 1e9, finite=ok)
+
+
+def _label(case) -> dict:
+    # Divergence cases carry a column label; other cases run through run_isolated (bench_fields) do not.
+    mode = getattr(case, "mode", None)
+    return {} if mode is None else {"mode": mode}
 
 
 def _child(case, queue, runner=None):
     try:
         queue.put((runner or run_case)(case))
     except Exception as exc:  # reported in the table, not swallowed
-        queue.put(dict(asdict(case), error=f"{type(exc).__name__}: {exc}"))
+        queue.put(dict(asdict(case), **_label(case), error=f"{type(exc).__name__}: {str(exc)[:200]}"))
 
 
 def run_isolated(case, timeout: float | None = None, runner=None) -> dict:
@@ -104,36 +130,79 @@ def run_isolated(case, timeout: float | None = None, runner=None) -> dict:
     if proc.is_alive():
         proc.kill()
         proc.join()
-        return dict(asdict(case), error=f"timeout after {timeout:.0f} s")
+        return dict(asdict(case), **_label(case), error=f"timeout after {timeout:.0f} s")
     if proc.exitcode != 0 and queue.empty():
-        return dict(asdict(case), error=f"process died (exit code {proc.exitcode}; out of memory?)")
+        return dict(asdict(case), **_label(case),
+                    error=f"process died (exit code {proc.exitcode}; out of memory?)")
     return queue.get()
 
 
 def format_table(rows: list[dict]) -> str:
-    """One text table; ratio columns compare exact against Hutchinson for the same system/batch/task."""
-    head = (f"{'system':>7} {'batch':>5} {'task':>6} {'steps':>5} {'mode':>10} "
-            f"{'exact s':>9} {'hutch s':>9} {'speedup':>8} {'exact GB':>9} {'hutch GB':>9}")
+    """One text table: a row per system/batch/task, a time and a peak-memory column per mode, and the
+    speedup of each other mode over ``exact-loop`` (the reference) where both ran."""
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    others = [m for m in modes if m != "exact-loop"] if "exact-loop" in modes else []
+    head = f"{'system':>7} {'batch':>5} {'task':>6} {'steps':>5} {'memory':>10}"
+    head += "".join(f" {m + ' s':>{max(9, len(m) + 2)}}" for m in modes)
+    head += "".join(f" {'loop/' + m:>{max(8, len(m) + 5)}}" for m in others)
+    head += "".join(f" {m + ' GB':>{max(9, len(m) + 3)}}" for m in modes)
     lines = [head, "-" * len(head)]
     keyed = {}
     for r in rows:
         key = (r["n_atoms"], r["dim"], r["batch"], r["task"], r["n_steps"])
-        keyed.setdefault(key, {})[r["divergence"]] = r
-    for (n, d, b, task, steps), pair in keyed.items():
-        e, h = pair.get("exact", {}), pair.get("hutchinson", {})
-        mode = (e or h).get("memory_mode", "") if task == "revkl" else "no graph"
+        keyed.setdefault(key, {})[r["mode"]] = r
 
-        def cell(r, k, fmt):
-            if not r:
-                return "-"
-            return "err" if "error" in r else format(r[k], fmt)
+    def cell(r, k, fmt):
+        if not r:
+            return "-"
+        return "err" if "error" in r else format(r[k], fmt)
 
-        speed = (f"{e['wall_s'] / h['wall_s']:.1f}x" if e and h and "error" not in e and "error" not in h
-                 else "-")
-        lines.append(f"{n}x{d:<5} {b:>5} {task:>6} {steps:>5} {mode:>10} {cell(e, 'wall_s', '9.2f'):>9} "
-                     f"{cell(h, 'wall_s', '9.2f'):>9} {speed:>8} {cell(e, 'peak_gb', '9.2f'):>9} "
-                     f"{cell(h, 'peak_gb', '9.2f'):>9}")
-    errors = [r for r in rows if "error" in r]
-    for r in errors:
-        lines.append(f"  note: {r['n_atoms']}x{r['dim']} b{r['batch']} {r['task']} {r['divergence']}: {r['error']}")
+    for (n, d, b, task, steps), by_mode in keyed.items():
+        any_row = next(iter(by_mode.values()))
+        memory = any_row.get("memory_mode", "") if task == "revkl" else "no graph"
+        line = f"{f'{n}x{d}':>7} {b:>5} {task:>6} {steps:>5} {memory:>10}"
+        line += "".join(f" {cell(by_mode.get(m), 'wall_s', '.2f'):>{max(9, len(m) + 2)}}" for m in modes)
+        ref = by_mode.get("exact-loop")
+        for m in others:
+            r = by_mode.get(m)
+            ok = ref and r and "error" not in ref and "error" not in r
+            speed = f"{ref['wall_s'] / r['wall_s']:.1f}x" if ok else "-"
+            line += f" {speed:>{max(8, len(m) + 5)}}"
+        line += "".join(f" {cell(by_mode.get(m), 'peak_gb', '.2f'):>{max(9, len(m) + 3)}}" for m in modes)
+        lines.append(line)
+    for r in rows:
+        if "error" in r:
+            lines.append(f"  note: {r['n_atoms']}x{r['dim']} b{r['batch']} {r['task']} {r['mode']}: {r['error']}")
     return "\n".join(lines)
+
+
+def time_log_prob(flow, n: int, batch_size: int, divergence: str = "exact", seed: int = 0,
+                  progress: bool = False) -> dict:
+    """Wall time of ``log q`` for ``n`` CoM-free points (base samples) scored in batches without a graph.
+
+    What an evaluation pays for its log-densities: the flow's own solver settings, one reverse solve
+    per batch. Returns ``n``, ``wall_s``, ``per_sample_ms`` and the number of non-finite values.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    param = next(flow.parameters())
+    x = torch.randn(n, flow.n_atoms, flow.dim, generator=gen, dtype=param.dtype)
+    scale = getattr(flow.base, "scales", None)
+    scale = getattr(flow.base, "scale", 1.0) if scale is None else scale
+    x = (x - x.mean(1, keepdim=True)) * float(torch.as_tensor(scale).detach().flatten()[0])
+    x = x.to(param.device)
+    cuda = param.device.type == "cuda"
+    with torch.no_grad():
+        flow.log_prob(x[:2], divergence=divergence)  # warm-up (lazy init, kernels)
+        if cuda:
+            torch.cuda.synchronize(param.device)
+        t0 = time.perf_counter()
+        out = []
+        for i in range(0, n, batch_size):
+            out.append(flow.log_prob(x[i:i + batch_size], divergence=divergence))
+            if progress:
+                print(f"  {min(i + batch_size, n)}/{n} points, {time.perf_counter() - t0:.1f} s", flush=True)
+        lq = torch.cat(out)
+        if cuda:
+            torch.cuda.synchronize(param.device)
+        wall = time.perf_counter() - t0
+    return dict(n=n, wall_s=wall, per_sample_ms=1e3 * wall / n, n_nonfinite=int((~torch.isfinite(lq)).sum()))

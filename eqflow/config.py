@@ -99,7 +99,8 @@ class TrainConfig:
 class EvalConfig:
     n_samples: int = 10000        # samples for ESS and energy/structure metrics
     batch_size: int = 1000
-    divergence: str = "exact"     # exact log-densities for evaluation (hutchinson for large systems)
+    divergence: str = "exact"     # evaluation log-densities: exact | hutchinson | auto (exact on a GPU,
+                                  # and on CPU up to 40 coordinates; see generator.AUTO_EXACT_CPU_COORDS)
     solver: Optional[str] = None  # evaluation solver; null: the training solver. Importance weights need
     n_steps: Optional[int] = None  # a converged solve: null here means flow.n_steps
     rtol: Optional[float] = None  # adaptive eval solvers (null: flow.rtol / flow.atol)
@@ -265,7 +266,7 @@ _CHOICES = {
     ("flow", "noise"): ("rademacher", "gaussian"),
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
     ("train", "dtype"): ("float32", "float64"),
-    ("eval", "divergence"): ("exact", "hutchinson"),
+    ("eval", "divergence"): ("exact", "hutchinson", "auto"),
     ("eval", "solver"): (None,) + SOLVERS,
 }
 _POSITIVE = [("model", "ic_layers"), ("model", "ic_bins"), ("model", "ic_hidden"), ("model", "ic_bond_width"),

@@ -13,7 +13,21 @@ from .models import check_model, is_ode_model
 from .solvers import SolverSettings
 from .errors import CheckpointError
 
-__all__ = ["Generator", "load_checkpoint"]
+__all__ = ["Generator", "load_checkpoint", "resolve_eval_divergence", "AUTO_EXACT_CPU_COORDS"]
+
+# eval.divergence "auto": exact off the CPU, and on the CPU up to this many coordinates N·dim. Exact
+# costs one backward pass per coordinate: measured per 10,000 points (rk4 8 steps, EGNN hidden 32,
+# 3 layers) about 1 minute on an H200 at 22x3 but hours on one CPU core, while LJ13 (39) and DW4
+# (8) stay within minutes on one core (docs/results.md).
+AUTO_EXACT_CPU_COORDS = 40
+
+
+def resolve_eval_divergence(mode: str, n_atoms: int, dim: int, device) -> str:
+    """``"exact"`` or ``"hutchinson"`` for an evaluation ``mode`` (``"auto"`` decides by device and size)."""
+    if mode != "auto":
+        return mode
+    cpu = torch.device(device).type == "cpu"
+    return "exact" if not cpu or n_atoms * dim <= AUTO_EXACT_CPU_COORDS else "hutchinson"
 
 
 class Generator:
@@ -30,7 +44,8 @@ class Generator:
     config : the :class:`~eqflow.config.Config` it was trained with, or None for a hand-built model
     solver : evaluation :class:`~eqflow.solvers.SolverSettings` (default: ``eval_solver(config)``, or
         the model's own settings)
-    divergence : evaluation divergence of ODE models (default ``config.eval.divergence`` or "exact")
+    divergence : evaluation divergence of ODE models (default ``config.eval.divergence`` or "exact";
+        ``"auto"`` is resolved per call by :meth:`eval_divergence`)
     batch_size : samples per batch (default ``config.eval.batch_size`` or 1000)
 
     Attributes
@@ -71,6 +86,14 @@ class Generator:
         models without an ODE."""
         return None if self.solver is None else self.solver.refined(refine) if refine != 1 else self.solver
 
+    def eval_divergence(self, divergence: str | None = None) -> str:
+        """The divergence evaluation uses: ``divergence`` or the generator's, ``"auto"`` resolved
+        (:func:`resolve_eval_divergence`)."""
+        mode = divergence or self.divergence
+        if not self.ode:
+            return mode
+        return resolve_eval_divergence(mode, self.model.n_atoms, self.model.dim, self.device)
+
     def _sample_batch(self, n: int, with_log_prob: bool, divergence: str):
         if self.ode:
             return self.model.sample(n, with_log_prob=with_log_prob, divergence=divergence)
@@ -84,7 +107,7 @@ class Generator:
         not requested). ``divergence`` and ``solver`` default to the evaluation settings."""
         from tqdm.auto import tqdm
         batch_size = batch_size or self.batch_size
-        divergence = divergence or self.divergence
+        divergence = self.eval_divergence(divergence)
         xs, lqs = [], []
         with self._using(solver):
             for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample"):
@@ -102,7 +125,7 @@ class Generator:
         """``log q(x)`` ``[n]`` for CoM-free ``x`` ``[n, N, dim]``, in batches, no graph kept; on the
         device of ``x`` (computed on the model's device)."""
         batch_size = batch_size or self.batch_size
-        divergence = divergence or self.divergence
+        divergence = self.eval_divergence(divergence)
         xd = x.to(device=self.device, dtype=self.dtype)
         kw = dict(divergence=divergence) if self.ode else {}
         with self._using(solver):

@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Exact vs Hutchinson divergence: wall time and peak memory of flow solves (one table).
+"""Exact (looped or batched) vs Hutchinson divergence: wall time and peak memory of flow solves.
 
 For each system (atoms x dim) and batch: one sampling solve with log-density (no graph kept) and
 one reverse-KL-style forward + backward pass, with rk4 and an EGNN field, each case in its own
-process. Example:
+process. Modes: ``exact-loop`` (one backward pass per coordinate, the reference), ``exact-batched``
+(``--chunk-size`` coordinates per vmapped backward pass), ``hutchinson``; append ``+compile`` to a
+mode to ``torch.compile`` the field. Example:
 
     python scripts/bench_divergence.py                       # the full table (slow on CPU)
-    python scripts/bench_divergence.py --systems 22x3 --batches 256 --steps 20
+    python scripts/bench_divergence.py --systems 22x3 --batches 256 --steps 1 --tasks sample
+    python scripts/bench_divergence.py --modes exact-loop exact-loop+compile --tasks sample
 """
 import argparse
 
@@ -18,7 +21,12 @@ def main():
     p.add_argument("--systems", nargs="+", default=["4x2", "13x3", "22x3", "55x3"])
     p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
     p.add_argument("--tasks", nargs="+", default=["sample", "revkl"], choices=["sample", "revkl"])
-    p.add_argument("--divergences", nargs="+", default=["exact", "hutchinson"])
+    p.add_argument("--modes", nargs="+", default=["exact-loop", "exact-batched", "hutchinson"],
+                   help="exact-loop | exact-batched | hutchinson, each optionally with +compile")
+    p.add_argument("--row-chunk", default="auto",
+                   help="exact: rows per block of field + divergence: auto (32 on CPU, all on GPU), none, or N")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="exact-batched: coordinates per backward pass (default: from a memory budget)")
     p.add_argument("--steps", type=int, default=20, help="rk4 steps per solve")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=3)
@@ -29,19 +37,27 @@ def main():
     p.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is reported as such")
     p.add_argument("--device", default="cpu", help="cpu or cuda (GB is then peak GPU memory allocated)")
     args = p.parse_args()
+    row_chunk = None if args.row_chunk == "none" else (args.row_chunk if args.row_chunk == "auto" else int(args.row_chunk))
     rows = []
     for system in args.systems:
         n, d = (int(v) for v in system.lower().split("x"))
         for batch in args.batches:
             for task in args.tasks:
-                for div in args.divergences:
+                for mode in args.modes:
+                    name, _, extra = mode.partition("+")
+                    if name not in ("exact-loop", "exact-batched", "hutchinson") or extra not in ("", "compile"):
+                        p.error(f"unknown mode {mode!r}")
+                    div = "hutchinson" if name == "hutchinson" else "exact"
                     micro = args.exact_micro_batch if (div == "exact" and task == "revkl") else None
                     case = DivergenceCase(n, d, batch, div, task, args.steps, args.hidden, args.layers,
-                                          args.memory_mode, micro, device=args.device)
+                                          args.memory_mode, micro, device=args.device,
+                                          exact_method=name.partition("-")[2] or "loop",
+                                          exact_chunk_size=args.chunk_size, exact_row_chunk=row_chunk,
+                                          compile=extra == "compile")
                     r = run_isolated(case, args.timeout)
                     rows.append(r)
                     status = r.get("error") or f"{r['wall_s']:.2f} s, {r['peak_gb']:.2f} GB"
-                    print(f"[{system} b{batch} {task} {div}] {status}", flush=True)
+                    print(f"[{system} b{batch} {task} {mode}] {status}", flush=True)
     print()
     print(format_table(rows))
 

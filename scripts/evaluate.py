@@ -22,7 +22,7 @@ def main(argv=None):
     p.add_argument("run", help="run folder or checkpoint.pt")
     p.add_argument("--reference", default=None, help="reference file (default: the run's target.reference)")
     p.add_argument("--n", type=int, default=None, help="model samples (default eval.n_samples)")
-    p.add_argument("--divergence", choices=["exact", "hutchinson"], default=None)
+    p.add_argument("--divergence", choices=["exact", "hutchinson", "auto"], default=None)
     p.add_argument("--solver", default=None, help="evaluation solver (default eval.solver, else the training one)")
     p.add_argument("--n-steps", type=int, default=None, help="fixed-step evaluation solver steps (eval.n_steps)")
     p.add_argument("--out", default=None, help="folder for plots and summary (default: the run folder)")

@@ -22,7 +22,7 @@ def main(argv=None):
     p.add_argument("run", help="run folder or checkpoint.pt")
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--out", default="samples.npz")
-    p.add_argument("--divergence", choices=["exact", "hutchinson"], default=None,
+    p.add_argument("--divergence", choices=["exact", "hutchinson", "auto"], default=None,
                    help="log-density estimator (default: the config's eval.divergence)")
     p.add_argument("--export", default=None, help="molecules: also write a .pdb/.dcd/.h5 of the samples")
     p.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,7 @@ from torchdiffeq import odeint, odeint_adjoint
 from ..distributions import com_free_gaussian_log_prob
 from ..geometry import assert_com_free, check_positions
 from ..solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, SolverSettings
-from .divergence import NOISE_TYPES, sample_noise
+from .divergence import EXACT_METHODS, NOISE_TYPES, sample_noise
 from .dynamics import DIVERGENCES, AugmentedDynamics
 
 __all__ = ["ContinuousFlow", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "check_sample_count"]
@@ -44,6 +44,11 @@ class ContinuousFlow(torch.nn.Module):
     adjoint : backpropagate with the adjoint method (memory independent of the number of steps)
     checkpoint : recompute each field evaluation in the backward pass instead of storing its graph:
         exact gradients with the memory of one evaluation (about 1.3x the compute)
+    exact_method : how the exact divergence runs its ``N·dim`` vector-Jacobian products: ``"loop"``,
+        ``"batched"`` (``exact_chunk_size`` at a time) or ``"auto"`` (batched off the CPU)
+    exact_chunk_size : basis vectors per batched backward pass (None: from a memory budget)
+    exact_row_chunk : exact divergence evaluates the field on blocks of this many rows (``"auto"``:
+        32 on CPU, where the blocks stay in cache, the whole batch elsewhere; None: the whole batch)
     """
 
     # An E(3)-equivariant field and an invariant base give q(x) = q(-x): both enantiomers of a chiral
@@ -53,7 +58,8 @@ class ContinuousFlow(torch.nn.Module):
     def __init__(self, field: torch.nn.Module, base: torch.nn.Module, node_features: torch.Tensor | None = None,
                  divergence: str = "hutchinson", noise: str = "rademacher", solver: str = "rk4",
                  n_steps: int = 20, rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False,
-                 checkpoint: bool = False):
+                 checkpoint: bool = False, exact_method: str = "auto", exact_chunk_size: int | None = None,
+                 exact_row_chunk: int | str | None = "auto"):
         super().__init__()
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
@@ -64,6 +70,8 @@ class ContinuousFlow(torch.nn.Module):
                              f"{FIXED_STEP_SOLVERS + ADAPTIVE_SOLVERS}")
         if solver in FIXED_STEP_SOLVERS and n_steps < 1:
             raise ValueError(f"n_steps must be >= 1 for solver {solver!r}, got {n_steps}")
+        if exact_method not in EXACT_METHODS:
+            raise ValueError(f"unknown exact-divergence method {exact_method!r}; choose one of {EXACT_METHODS}")
         if checkpoint and adjoint:
             raise ValueError("choose one of checkpoint=True and adjoint=True")
         self.base = base
@@ -78,6 +86,8 @@ class ContinuousFlow(torch.nn.Module):
         self.register_buffer("node_features", node_features)
         self.divergence, self.noise, self.solver, self.n_steps = divergence, noise, solver, int(n_steps)
         self.rtol, self.atol, self.adjoint, self.checkpoint = rtol, atol, adjoint, checkpoint
+        self.exact_method, self.exact_chunk_size = exact_method, exact_chunk_size
+        self.exact_row_chunk = exact_row_chunk
         # Set by forward (sampling) solves inside ``recording_transport_cost()``: [B, 2] integrals
         # of |v|² and ‖∂v/∂x‖²_F along each trajectory (see AugmentedDynamics).
         self.transport_cost = None
@@ -121,7 +131,9 @@ class ContinuousFlow(torch.nn.Module):
         noise = (sample_noise(x.shape, self.noise, x.dtype, x.device) if divergence == "hutchinson" else None)
         record = self._record_transport_cost and t1 > t0 and divergence is not None
         dyn = AugmentedDynamics(self.field, self.n_atoms, self.dim, self._node_features(b, h_extra),
-                                divergence, noise, checkpoint=self.checkpoint, transport_cost=record)
+                                divergence, noise, checkpoint=self.checkpoint, transport_cost=record,
+                                exact_method=self.exact_method, exact_chunk_size=self.exact_chunk_size,
+                                exact_row_chunk=self.exact_row_chunk)
         state = (x.reshape(b, -1), torch.zeros(b, dtype=x.dtype, device=x.device))
         if record:
             state = state + (torch.zeros(b, 2, dtype=x.dtype, device=x.device),)

@@ -6,9 +6,14 @@ from torch.utils.checkpoint import checkpoint
 
 from .divergence import exact_divergence, hutchinson_divergence
 
-__all__ = ["AugmentedDynamics", "DIVERGENCES"]
+__all__ = ["AugmentedDynamics", "DIVERGENCES", "CPU_EXACT_ROWS"]
 
 DIVERGENCES = ("exact", "hutchinson")
+
+# Exact divergence on CPU evaluates the field and its N·dim backward passes on blocks of this many
+# rows: the dense edge tensors [rows, N, N, H] of a block stay in cache across the passes. At 22x3
+# (EGNN hidden 32, 3 layers, one core) blocks of 32-64 rows were 1.6-1.8x faster than 256 at once.
+CPU_EXACT_ROWS = 32
 
 
 class AugmentedDynamics(torch.nn.Module):
@@ -23,13 +28,15 @@ class AugmentedDynamics(torch.nn.Module):
     The solver boundary is the only place positions are flat. One instance per solve binds the
     node features ``h``, the divergence mode (``None`` to skip it) and, for Hutchinson, the
     ``noise``, which so stays fixed across all solver stages, checkpoint recomputations and the
-    adjoint pass. When autograd is off (evaluation) no graph outlives one evaluation: the
+    adjoint pass. ``exact_method`` and ``exact_chunk_size`` choose how the exact divergence batches
+    its vector-Jacobian products (see :func:`~eqflow.flows.divergence.exact_divergence`). When autograd is off (evaluation) no graph outlives one evaluation: the
     divergence's graph is built locally and dropped, so memory does not grow with the number of steps.
     """
 
     def __init__(self, field: torch.nn.Module, n_atoms: int, dim: int, h: torch.Tensor | None = None,
                  divergence: str | None = "exact", noise: torch.Tensor | None = None,
-                 checkpoint: bool = False, transport_cost: bool = False):
+                 checkpoint: bool = False, transport_cost: bool = False, exact_method: str = "auto",
+                 exact_chunk_size: int | None = None, exact_row_chunk: int | str | None = "auto"):
         super().__init__()
         if divergence not in DIVERGENCES + (None,):
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES} or None")
@@ -41,6 +48,8 @@ class AugmentedDynamics(torch.nn.Module):
         self.n_atoms, self.dim = n_atoms, dim
         self.h, self.divergence, self.noise, self.checkpoint = h, divergence, noise, checkpoint
         self.transport_cost = transport_cost
+        self.exact_method, self.exact_chunk_size = exact_method, exact_chunk_size
+        self.exact_row_chunk = exact_row_chunk
         self.nfe = 0
 
     def forward(self, t: torch.Tensor, state):
@@ -69,14 +78,32 @@ class AugmentedDynamics(torch.nn.Module):
             # loose: its requires_grad flag may be set while grad mode was off, linking it to nothing.
             if not keep_graph or not x.requires_grad:
                 x = x.detach().requires_grad_(True)
-            v = self.field(t, x, self.h)
-            if self.divergence == "exact":
-                out = exact_divergence(v, x, create_graph=keep_graph, frobenius=self.transport_cost)
+            rows = self._row_chunk(x)
+            if rows is None or x.shape[0] <= rows:
+                v, div, jac = self._evaluate_rows(t, x, self.h, keep_graph)
             else:
-                out = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph,
-                                            frobenius=self.transport_cost)
-            div, jac = out if self.transport_cost else (out, None)
+                h = self.h
+                parts = [self._evaluate_rows(t[i:i + rows], x[i:i + rows], None if h is None else h[i:i + rows],
+                                             keep_graph) for i in range(0, x.shape[0], rows)]
+                v, div = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                jac = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
         if not keep_graph:
             v, div = v.detach(), div.detach()
             jac = None if jac is None else jac.detach()
+        return v, div, jac
+
+    def _row_chunk(self, x: torch.Tensor) -> int | None:
+        if self.exact_row_chunk != "auto":
+            return self.exact_row_chunk
+        return CPU_EXACT_ROWS if self.divergence == "exact" and x.device.type == "cpu" else None
+
+    def _evaluate_rows(self, t, x, h, keep_graph: bool):
+        v = self.field(t, x, h)
+        if self.divergence == "exact":
+            out = exact_divergence(v, x, create_graph=keep_graph, frobenius=self.transport_cost,
+                                   method=self.exact_method, chunk_size=self.exact_chunk_size)
+        else:
+            out = hutchinson_divergence(v, x, self.noise, create_graph=keep_graph,
+                                        frobenius=self.transport_cost)
+        div, jac = out if self.transport_cost else (out, None)
         return v, div, jac

@@ -16,7 +16,7 @@ from ..distributions import ensure_particle_reference, load_reference, split_ref
 from ..evaluation.plots import plot_training_curves
 from ..evaluation.report import evaluate_generator, format_summary, save_summary
 from ..errors import RunFolderError
-from ..generator import Generator
+from ..generator import Generator, resolve_eval_divergence
 from ..models import is_ode_model
 from .trainer import CHECKPOINT_NAME, Trainer, seed_everything
 
@@ -141,7 +141,8 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         trainer = Trainer(flow, target, cfg.train, out_dir=out_dir, train_data=train_ref, val_data=test_ref,
                           energy_cut=cfg.target.energy_cut, val_every=ev.val_every, val_samples=ev.val_samples,
                           val_batch_size=ev.batch_size,
-                          val_log_prob=((lambda x: flow.log_prob(x, divergence=ev.divergence))
+                          val_log_prob=((lambda x: flow.log_prob(x, divergence=resolve_eval_divergence(
+                                            ev.divergence, flow.n_atoms, flow.dim, x.device)))
                                         if is_ode_model(flow) else None),
                           metadata={"config": config_to_dict(cfg)}, overwrite=True, progress=progress)
         if resume:
