@@ -654,6 +654,11 @@ class Trainer:
         finally:
             bar.close()
         self.save()
+        if self.ladder is not None and self.energy.temperature != self.ladder.target and main:
+            warnings.warn(f"training stopped ({stop_reason}) at T = {self.energy.temperature}, before the annealing "
+                          f"ladder reached the target temperature {self.ladder.target}: the rungs follow train.steps, "
+                          "so lower train.steps (or use anneal.steps_per_rung) to fit the budget",
+                          RuntimeWarning, stacklevel=2)
         return {"steps": self.step, "stop_reason": stop_reason, "train_seconds": round(self.elapsed, 1),
                 "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped,
                 "world_size": self.dist.world_size, "energy_evaluations": self.n_energy_evals,

@@ -180,3 +180,11 @@ def test_mode_diagnostics_logged_and_plotted(tmp_path):
         assert abs(sum(raw) - 1) < 1e-9 and abs(sum(rw) - 1) < 1e-9
         assert np.isfinite(r["refresh_energy_mean"]) and r["refresh_energy_min"] <= r["refresh_energy_mean"]
     assert (tmp_path / "modes.png").exists() and (tmp_path / "training_curves.png").exists()
+
+
+def test_warns_when_the_budget_ends_before_the_target_temperature(tmp_path):
+    cfg = cfg_of(train={"steps": 10, "budget_minutes": 1e-9}, anneal={"temperatures": [3.0, 1.0], "fractions": [0.5]})
+    tr = make_trainer(cfg, tmp_path)
+    with pytest.warns(RuntimeWarning, match="before the annealing ladder reached the target temperature 1.0"):
+        summary = tr.train()
+    assert summary["stop_reason"] == "budget" and summary["final_temperature"] == 3.0
