@@ -86,18 +86,19 @@ def run_case(case: DivergenceCase) -> dict:
     return dict(asdict(case), wall_s=wall, peak_gb=peak / 1e9, finite=ok)
 
 
-def _child(case, queue):
+def _child(case, queue, runner=None):
     try:
-        queue.put(run_case(case))
+        queue.put((runner or run_case)(case))
     except Exception as exc:  # reported in the table, not swallowed
         queue.put(dict(asdict(case), error=f"{type(exc).__name__}: {exc}"))
 
 
-def run_isolated(case: DivergenceCase, timeout: float | None = None) -> dict:
-    """:func:`run_case` in a spawned process (clean memory high-water mark); kills it at ``timeout``."""
+def run_isolated(case, timeout: float | None = None, runner=None) -> dict:
+    """``runner(case)`` (default :func:`run_case`) in a spawned process (clean memory high-water
+    mark); kills it at ``timeout``. ``runner`` must be a module-level function (it is pickled)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(case, queue), daemon=True)
+    proc = ctx.Process(target=_child, args=(case, queue, runner), daemon=True)
     proc.start()
     proc.join(timeout)
     if proc.is_alive():

@@ -10,7 +10,8 @@ from .flows import ContinuousFlow, MixtureFlow
 from .nn import E3NNField, EGNNField, ScaledField
 from .targets import Energy, make_target
 
-__all__ = ["build_target", "build_field", "build_flow", "build_base", "node_features_of"]
+__all__ = ["build_target", "build_field", "build_flow", "build_base", "build_model", "build_ic_flow",
+           "node_features_of"]
 
 
 def build_target(cfg: Config) -> Energy:
@@ -50,7 +51,9 @@ def build_field(cfg: Config, dim: int, n_node_features: int) -> torch.nn.Module:
     else:
         field = E3NNField(dim=dim, n_node_features=n_node_features, n_scalars=f.n_scalars,
                           hidden_irreps=f.hidden_irreps, n_layers=f.n_layers, lmax=f.lmax, n_basis=f.n_basis,
-                          r_max=f.r_max, n_frequencies=f.n_frequencies)
+                          r_max=f.r_max, radial_hidden=f.radial_hidden, n_frequencies=f.n_frequencies,
+                          edge_channels=f.edge_channels, edges=f.edges, avg_num_neighbors=f.avg_num_neighbors,
+                          backend=f.e3nn_backend)
     return field if f.length_scale == 1.0 else ScaledField(field, f.length_scale)
 
 
@@ -90,3 +93,30 @@ def build_flow(cfg: Config, target: Energy) -> ContinuousFlow:
     return MixtureFlow(field, base, node_features=h, divergence=fl.divergence, noise=fl.noise,
                        solver=fl.solver, n_steps=fl.n_steps, rtol=fl.rtol, atol=fl.atol, adjoint=fl.adjoint,
                        checkpoint=fl.checkpoint)
+
+
+def build_ic_flow(cfg: Config, target: Energy) -> torch.nn.Module:
+    """The internal-coordinate baseline (:class:`~eqflow.internal.ICFlow`) for a molecular target.
+
+    Everything comes from the config and the target's own structure (Z-matrix from its topology,
+    boxes around its PDB bonds and angles, the chirality of its chiral centres held fixed), so the
+    same model is rebuilt from a checkpoint's config.
+    """
+    from .internal import ICFlow, ZMatrix
+    topology, positions = getattr(target, "topology", None), getattr(target, "positions", None)
+    if topology is None or positions is None:
+        raise ConfigError(f"model.kind 'ic' needs a molecular target (topology and structure), "
+                          f"not {cfg.target.name!r}")
+    m = cfg.model
+    zm = ZMatrix.from_topology(topology)
+    flow = ICFlow.from_data(zm, torch.as_tensor(positions)[None], n_std=0.0, bond_rel_width=m.ic_bond_width,
+                            angle_width=m.ic_angle_width, fix_chirality=True, n_layers=m.ic_layers,
+                            bins=m.ic_bins, hidden=(m.ic_hidden, m.ic_hidden), seed=cfg.train.seed)
+    return flow.to(torch.get_default_dtype())
+
+
+def build_model(cfg: Config, target: Energy) -> torch.nn.Module:
+    """The model of ``cfg.model.kind``: eqflow's E(3) flow (:func:`build_flow`) or the IC baseline."""
+    if cfg.model.kind == "ic":
+        return build_ic_flow(cfg, target)
+    return build_flow(cfg, target)

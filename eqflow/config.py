@@ -1,7 +1,8 @@
 """YAML configuration -> typed dataclasses. Unknown keys and wrong types are rejected by name.
 
-A config file has the sections ``target``, ``field``, ``flow``, ``train``, ``eval`` and, for the
-data-free mass-covering objectives, ``fm``, ``buffer`` and ``anneal``; every key is optional and defaults to the values below. ``--set train.lr=3e-4`` style overrides go through
+A config file has the sections ``target``, ``model``, ``field``, ``flow``, ``train``, ``eval`` and,
+for the data-free mass-covering objectives, ``fm``, ``buffer`` and ``anneal``; every key is
+optional and defaults to the values below. ``--set train.lr=3e-4`` style overrides go through
 :func:`apply_overrides` with the same checks.
 """
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import EqflowError
+from .solvers import SOLVERS, SolverSettings
 
-__all__ = ["Config", "TargetConfig", "FieldConfig", "FlowConfig", "TrainConfig", "EvalConfig",
-           "FMConfig", "BufferConfig", "AnnealConfig",
-           "ConfigError", "load_config", "config_from_dict", "config_to_dict", "apply_overrides"]
+__all__ = ["Config", "TargetConfig", "ModelConfig", "FieldConfig", "FlowConfig", "TrainConfig", "EvalConfig",
+           "FMConfig", "BufferConfig", "AnnealConfig", "ConfigError", "load_config", "train_solver", "eval_solver",
+           "config_from_dict", "config_to_dict", "apply_overrides"]
 
 
 class ConfigError(EqflowError, ValueError):
@@ -43,11 +45,16 @@ class FieldConfig:
     n_frequencies: int = 4        # time embedding
     coord_gain: float = 1.0       # EGNN coordinate-update scale
     coord_aggregation: str = "mean"  # EGNN: mean or sum of the pair terms of the coordinate update
-    n_scalars: int = 16           # e3nn: scalar embedding width
-    hidden_irreps: str = "16x0e + 8x1o + 4x2e"  # e3nn hidden irreps
-    lmax: int = 2                 # e3nn spherical harmonics degree
-    n_basis: int = 10             # e3nn radial basis size
-    r_max: float = 5.0            # e3nn radial basis range (in units of length_scale)
+    n_scalars: int = 32           # e3nn: scalar embedding width (time and node features)
+    hidden_irreps: str = "64x0e + 16x1o"  # e3nn hidden irreps (must include 1o: the velocity is read from it)
+    lmax: int = 2                 # e3nn edge spherical harmonics degree
+    n_basis: int = 8              # e3nn Bessel radial basis size
+    r_max: float = 5.0            # e3nn cutoff: pairs farther apart do not interact (units of length_scale)
+    radial_hidden: int = 16       # e3nn radial MLP width (edge-wise: cost grows with it)
+    edge_channels: Optional[int] = 8  # e3nn channels per irrep in the edge tensor products (null: full width)
+    edges: str = "dense"          # e3nn edge list: dense (all pairs) | radius (pairs within r_max; same field)
+    avg_num_neighbors: Optional[float] = None  # e3nn message sum divided by its square root (null: n_atoms - 1)
+    e3nn_backend: str = "e3nn"    # e3nn | cueq (cuequivariance-torch, pip install 'eqflow[cueq]')
     length_scale: float = 1.0     # the field sees x / length_scale (molecules in nm: 0.1)
 
 
@@ -113,6 +120,16 @@ class EvalConfig:
 
 
 @dataclass
+class ModelConfig:
+    kind: str = "cartesian"       # cartesian (eqflow's E(3) flow: field + flow sections) | ic (internal-coordinate baseline)
+    ic_layers: int = 6            # IC: coupling layers (rational-quadratic splines, circular for torsions)
+    ic_bins: int = 8              # IC: spline bins
+    ic_hidden: int = 128          # IC: conditioner MLP width (two hidden layers)
+    ic_bond_width: float = 0.15   # IC: bond boxes are the PDB bond length ± this fraction
+    ic_angle_width: float = 0.6   # IC: angle boxes are the PDB angle ± this (radians), within [0, pi]
+
+
+@dataclass
 class FMConfig:
     align: bool = True            # rotate x1 onto x0 (Kabsch, proper rotations only)
     permute: bool = False         # also permute identical particles (Hungarian per atom type; DW4/LJ)
@@ -142,6 +159,7 @@ class AnnealConfig:
 @dataclass
 class Config:
     target: TargetConfig = dc_field(default_factory=TargetConfig)
+    model: ModelConfig = dc_field(default_factory=ModelConfig)
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     flow: FlowConfig = dc_field(default_factory=FlowConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
@@ -212,6 +230,19 @@ def config_from_dict(data: dict | None) -> Config:
     return cfg
 
 
+def train_solver(cfg: Config) -> SolverSettings:
+    """The training solve of ``cfg.flow`` as a :class:`~eqflow.solvers.SolverSettings`."""
+    fl = cfg.flow
+    return SolverSettings(fl.solver, fl.n_steps, fl.rtol, fl.atol)
+
+
+def eval_solver(cfg: Config) -> SolverSettings:
+    """The evaluation solve: ``eval.solver`` / ``eval.n_steps`` / tolerances, each falling back to
+    the training value."""
+    ev, fl = cfg.eval, cfg.flow
+    return SolverSettings(ev.solver or fl.solver, ev.n_steps or fl.n_steps, ev.rtol or fl.rtol, ev.atol or fl.atol)
+
+
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -262,9 +293,12 @@ def _parse_value(raw: str):
 
 
 _CHOICES = {
+    ("model", "kind"): ("cartesian", "ic"),
     ("field", "kind"): ("egnn", "e3nn"),
     ("field", "coord_aggregation"): ("mean", "sum"),
-    ("flow", "solver"): ("euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"),
+    ("field", "edges"): ("dense", "radius"),
+    ("field", "e3nn_backend"): ("e3nn", "cueq"),
+    ("flow", "solver"): SOLVERS,
     ("flow", "divergence"): ("exact", "hutchinson"),
     ("flow", "noise"): ("rademacher", "gaussian"),
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
@@ -272,9 +306,12 @@ _CHOICES = {
     ("eval", "divergence"): ("exact", "hutchinson"),
     ("flow", "base"): ("gaussian", "harmonic"),
     ("buffer", "divergence"): ("exact", "hutchinson"),
-    ("eval", "solver"): (None, "euler", "midpoint", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"),
+    ("eval", "solver"): (None,) + SOLVERS,
 }
-_POSITIVE = [("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"), ("flow", "n_steps"), ("flow", "n_components"),
+_POSITIVE = [("model", "ic_layers"), ("model", "ic_bins"), ("model", "ic_hidden"), ("model", "ic_bond_width"),
+             ("model", "ic_angle_width"), ("field", "hidden"), ("field", "length_scale"), ("field", "n_layers"),
+             ("field", "n_scalars"), ("field", "n_basis"), ("field", "r_max"), ("field", "radial_hidden"),
+             ("flow", "n_steps"), ("flow", "n_components"),
              ("train", "steps"), ("train", "batch_size"), ("train", "lr"), ("train", "grad_clip"),
              ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "n_samples"),
              ("eval", "batch_size"), ("train", "ml_batch_size"), ("fm", "batch_size"), ("buffer", "capacity"),
@@ -310,6 +347,23 @@ def _validate(cfg: Config) -> None:
     if not 0 <= cfg.train.skip_warning_fraction <= 1:
         raise ConfigError("config key 'train.skip_warning_fraction' must be in [0, 1], "
                           f"got {cfg.train.skip_warning_fraction!r}")
+    for key in ("edge_channels", "avg_num_neighbors"):
+        value = getattr(cfg.field, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config key 'field.{key}' must be positive or null, got {value!r}")
+    if cfg.field.kind == "e3nn":
+        if cfg.field.lmax < 1:  # l = 1 harmonics carry the direction of each pair
+            raise ConfigError(f"config key 'field.lmax' must be >= 1, got {cfg.field.lmax!r}")
+        from e3nn import o3
+
+        try:
+            irreps = o3.Irreps(cfg.field.hidden_irreps)
+        except (ValueError, AssertionError) as exc:
+            raise ConfigError(f"config key 'field.hidden_irreps' is not an irreps string: "
+                              f"{cfg.field.hidden_irreps!r} ({exc})") from None
+        if o3.Irrep("1o") not in {ir for _, ir in irreps}:
+            raise ConfigError(f"config key 'field.hidden_irreps' must include 1o channels, got "
+                              f"{cfg.field.hidden_irreps!r}")
     if cfg.eval.n_steps is not None and cfg.eval.n_steps < 1:
         raise ConfigError(f"config key 'eval.n_steps' must be positive or null, got {cfg.eval.n_steps!r}")
     for key in ("ml_weight", "fm_data_weight"):
@@ -330,6 +384,11 @@ def _validate(cfg: Config) -> None:
 
 def _validate_objectives(cfg: Config) -> None:
     """The flow-matching, buffer, annealing and base keys (issue #8)."""
+    if cfg.model.kind != "cartesian" and cfg.train.fm_weight + cfg.train.fm_data_weight > 0:
+        raise ConfigError(f"config keys 'train.fm_weight' / 'train.fm_data_weight' need model.kind: cartesian "
+                          f"(flow matching trains a vector field), got {cfg.model.kind!r}")
+    if cfg.model.kind != "cartesian" and cfg.flow.base != "gaussian":
+        raise ConfigError(f"config key 'flow.base' applies to model.kind: cartesian only, got {cfg.model.kind!r}")
     if cfg.fm.sigma_min < 0:
         raise ConfigError(f"config key 'fm.sigma_min' must be >= 0, got {cfg.fm.sigma_min!r}")
     if cfg.fm.permute and not cfg.fm.align:

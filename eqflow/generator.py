@@ -6,95 +6,112 @@ from pathlib import Path
 
 import torch
 
-from .builders import build_flow, build_target
+from .builders import build_model, build_target
 from .checkpoint import read_checkpoint
-from .config import config_from_dict
+from .config import config_from_dict, eval_solver
+from .models import check_model, is_ode_model
+from .solvers import SolverSettings
 from .errors import CheckpointError
 
 __all__ = ["Generator", "load_checkpoint"]
 
 
 class Generator:
-    """Sampler with exact (or Hutchinson) log-densities and the target it was trained for.
+    """A model with its target: samples with log-densities in batches, no autograd graph kept.
+
+    Works for any model of the protocol (:mod:`eqflow.models`). For eqflow's continuous flows the
+    evaluation solver and divergence apply: importance weights are only right when ``(x, log q)``
+    come from a converged solve.
+
+    Parameters
+    ----------
+    model : the trained model
+    target : its :class:`~eqflow.targets.Energy` (reduced energies)
+    config : the :class:`~eqflow.config.Config` it was trained with, or None for a hand-built model
+    solver : evaluation :class:`~eqflow.solvers.SolverSettings` (default: ``eval_solver(config)``, or
+        the model's own settings)
+    divergence : evaluation divergence of ODE models (default ``config.eval.divergence`` or "exact")
+    batch_size : samples per batch (default ``config.eval.batch_size`` or 1000)
 
     Attributes
     ----------
-    flow : the trained flow
-    target : its :class:`~eqflow.targets.Energy` (reduced energies)
-    config : the :class:`~eqflow.config.Config` it was trained with
+    model (also ``flow``), target, config, solver, divergence, batch_size, reflection_symmetric
     """
 
-    def __init__(self, flow, target, config):
-        self.flow, self.target, self.config = flow, target, config
-        self.flow.eval()
+    def __init__(self, model, target, config=None, solver: SolverSettings | None = None,
+                 divergence: str | None = None, batch_size: int | None = None):
+        check_model(model)
+        self.model, self.target, self.config = model, target, config
+        self.ode = is_ode_model(model)
+        if solver is None and self.ode:
+            solver = eval_solver(config) if config is not None else model.solver_settings
+        self.solver = solver if self.ode else None
+        self.divergence = divergence or (config.eval.divergence if config is not None else "exact")
+        self.batch_size = int(batch_size or (config.eval.batch_size if config is not None else 1000))
+        self.model.eval()
+
+    @property
+    def flow(self):
+        return self.model
+
+    @property
+    def reflection_symmetric(self) -> bool:
+        return bool(getattr(self.model, "reflection_symmetric", False))
 
     @property
     def dtype(self):
-        return next(self.flow.parameters()).dtype
+        return next(self.model.parameters()).dtype
 
     @property
     def device(self):
-        return next(self.flow.parameters()).device
+        return next(self.model.parameters()).device
 
-    def solver_settings(self, refine: int = 1) -> dict:
-        """The evaluation solver: ``eval.solver`` / ``eval.n_steps`` / tolerances, each falling back
-        to the training value. ``refine`` multiplies fixed steps and divides tolerances (for checks)."""
-        ev, fl = self.config.eval, self.config.flow
-        solver, n_steps = ev.solver or fl.solver, ev.n_steps or fl.n_steps
-        rtol, atol = ev.rtol or fl.rtol, ev.atol or fl.atol
-        return dict(solver=solver, n_steps=n_steps * refine, rtol=rtol / refine, atol=atol / refine)
+    def solver_settings(self, refine: int = 1) -> SolverSettings | None:
+        """The evaluation solver (``refine`` times the steps, tolerances divided by it); None for
+        models without an ODE."""
+        return None if self.solver is None else self.solver.refined(refine) if refine != 1 else self.solver
 
-    @contextlib.contextmanager
-    def _solver(self, settings: dict | None):
-        # The trained field is a continuous-time object: evaluation may solve it more accurately than
-        # training did. Importance weights are only right when (x, log q) come from a converged solve.
-        settings = settings or self.solver_settings()
-        saved = {k: getattr(self.flow, k) for k in settings}
-        for k, v in settings.items():
-            setattr(self.flow, k, v)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                setattr(self.flow, k, v)
+    def _sample_batch(self, n: int, with_log_prob: bool, divergence: str):
+        if self.ode:
+            return self.model.sample(n, with_log_prob=with_log_prob, divergence=divergence)
+        x, log_q = self.model.sample(n)
+        return x, (log_q if with_log_prob else None)
 
     @torch.no_grad()
     def sample(self, n: int, batch_size: int | None = None, divergence: str | None = None,
-               with_log_prob: bool = True, progress: bool = False, solver: dict | None = None):
-        """Draw ``n`` samples on the flow's device: ``(x [n, N, dim], log_q [n])`` (``log_q`` None if
-        not requested).
-
-        Batches of ``batch_size`` (default ``eval.batch_size``) keep memory flat; no autograd graph is
-        kept. ``divergence`` defaults to the config's evaluation divergence, ``solver`` (a dict like
-        :meth:`solver_settings`) to the evaluation solver.
-        """
-        batch_size = batch_size or self.config.eval.batch_size
-        divergence = divergence or self.config.eval.divergence
-        xs, lqs = [], []
+               with_log_prob: bool = True, progress: bool = False, solver: SolverSettings | None = None):
+        """Draw ``n`` samples on the model's device: ``(x [n, N, dim], log_q [n])`` (``log_q`` None if
+        not requested). ``divergence`` and ``solver`` default to the evaluation settings."""
         from tqdm.auto import tqdm
-        with self._solver(solver):
+        batch_size = batch_size or self.batch_size
+        divergence = divergence or self.divergence
+        xs, lqs = [], []
+        with self._using(solver):
             for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample"):
-                x, lq = self.flow.sample(min(batch_size, n - start), with_log_prob=with_log_prob,
-                                         divergence=divergence)
+                x, lq = self._sample_batch(min(batch_size, n - start), with_log_prob, divergence)
                 xs.append(x)
                 lqs.append(lq)
-        if not xs:  # n == 0: the flow's own empty tensors
-            return self.flow.sample(0, with_log_prob=with_log_prob)
+        if not xs:  # n == 0: the model's own empty tensors
+            return self._sample_batch(0, with_log_prob, divergence)
         x = torch.cat(xs)
         return x, (torch.cat(lqs) if with_log_prob else None)
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor, batch_size: int | None = None, divergence: str | None = None,
-                 solver: dict | None = None):
+                 solver: SolverSettings | None = None):
         """``log q(x)`` ``[n]`` for CoM-free ``x`` ``[n, N, dim]``, in batches, no graph kept; on the
-        device of ``x`` (solved on the flow's device)."""
-        batch_size = batch_size or self.config.eval.batch_size
-        divergence = divergence or self.config.eval.divergence
+        device of ``x`` (computed on the model's device)."""
+        batch_size = batch_size or self.batch_size
+        divergence = divergence or self.divergence
         xd = x.to(device=self.device, dtype=self.dtype)
-        with self._solver(solver):
-            lq = torch.cat([self.flow.log_prob(xd[i:i + batch_size], divergence=divergence)
-                            for i in range(0, x.shape[0], batch_size)])
+        kw = dict(divergence=divergence) if self.ode else {}
+        with self._using(solver):
+            lq = torch.cat([self.model.log_prob(xd[i:i + batch_size], **kw)
+                            for i in range(0, x.shape[0], batch_size)] or [xd.new_zeros(0)])
         return lq.to(x.device)
+
+    def _using(self, solver: SolverSettings | None):
+        return self.model.using_solver(solver or self.solver) if self.ode else contextlib.nullcontext()
 
 
 def load_checkpoint(path, target=None) -> Generator:
@@ -128,7 +145,7 @@ def load_checkpoint(path, target=None) -> Generator:
     torch.set_default_dtype(dtype)
     try:
         target = target if target is not None else build_target(cfg)
-        flow = build_flow(cfg, target)
+        flow = build_model(cfg, target)
     finally:
         torch.set_default_dtype(old)
     flow.load_state_dict(state["model"])

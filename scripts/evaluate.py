@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from eqflow import load_checkpoint
+from eqflow import Generator, load_checkpoint
 from eqflow.cli import run_cli
 from eqflow.config import apply_overrides
 from eqflow.evaluation.report import evaluate_generator, format_summary, save_summary
@@ -39,7 +39,7 @@ def main(argv=None):
         overrides.append(f"eval.solver={args.solver}")
     if args.n_steps:
         overrides.append(f"eval.n_steps={args.n_steps}")
-    gen.config = apply_overrides(gen.config, overrides)
+    gen = Generator(gen.model, gen.target, apply_overrides(gen.config, overrides))
     _, test = resolve_reference(gen.config, gen.target)
     run = Path(args.run)
     out = Path(args.out) if args.out else (run if run.is_dir() else run.parent)

@@ -14,7 +14,7 @@ import torch
 
 from eqflow import load_checkpoint
 from eqflow.cli import run_cli
-from eqflow.evaluation.report import energies_in_batches
+from eqflow.evaluation.report import energies_in_batches, fold_samples
 
 
 def main(argv=None):
@@ -30,13 +30,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     gen = load_checkpoint(args.run)
     x, log_q = gen.sample(args.n, divergence=args.divergence, progress=True)
-    extra = {}
-    if getattr(gen.target, "chiral_centers", None):
-        from eqflow.evaluation.chirality import fold_to_l
-        center, neighbors = gen.target.chiral_centers[0]
-        x, log_q, frac_d = fold_to_l(x, log_q, center=center, neighbors=tuple(neighbors))
-        extra["d_fraction"] = frac_d
-    u = energies_in_batches(gen.target, x, gen.config.eval.batch_size)
+    x, log_q, extra = fold_samples(gen, x, log_q)  # reflection-symmetric models: mirror images folded
+    u = energies_in_batches(gen.target, x, gen.batch_size)
     log_w = -u - log_q
     np.savez(args.out, x=x.numpy(), log_q=log_q.numpy(), u=u.numpy(), log_w=log_w.numpy(), **extra)
     print(f"wrote {args.n} samples to {args.out}")

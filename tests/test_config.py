@@ -4,8 +4,8 @@ from eqflow.config import ConfigError, apply_overrides, config_from_dict, load_c
 
 
 def test_shipped_configs_load():
-    for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml", "ala2_fm", "dw4_fm",
-                 "ala2_implicit_fm"]:
+    for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml", "lj13_e3nn", "ala2_implicit_e3nn",
+                 "ala2_fm", "dw4_fm", "ala2_implicit_fm"]:
         cfg = load_config(f"configs/{name}.yaml")
         assert cfg.train.steps > 0
 
@@ -84,6 +84,25 @@ def test_objective_keys_validated():
         ({"anneal": {"temperatures": [600, 400], "fractions": [0.5]}, "target": {"kwargs": {"temperature": 300}}},
          "must end at the target's temperature"),
         ({"anneal": {"nope": 1}}, "'anneal.nope'"),
+        ({"model": {"kind": "ic"}, "train": {"fm_weight": 1.0}}, "need model.kind: cartesian"),
     ]:
         with pytest.raises(ConfigError, match=match):
             config_from_dict(bad)
+
+
+def test_e3nn_field_keys_checked():
+    cfg = config_from_dict({"field": {"kind": "e3nn", "edges": "radius", "edge_channels": None,
+                                      "e3nn_backend": "e3nn", "radial_hidden": 8}})
+    assert cfg.field.edges == "radius" and cfg.field.edge_channels is None
+    with pytest.raises(ConfigError, match="'field.edges' must be one of"):
+        config_from_dict({"field": {"kind": "e3nn", "edges": "knn"}})
+    with pytest.raises(ConfigError, match="'field.e3nn_backend' must be one of"):
+        config_from_dict({"field": {"e3nn_backend": "jax"}})
+    with pytest.raises(ConfigError, match="'field.edge_channels' must be positive or null"):
+        config_from_dict({"field": {"edge_channels": 0}})
+    with pytest.raises(ConfigError, match="'field.hidden_irreps' is not an irreps string"):
+        config_from_dict({"field": {"kind": "e3nn", "hidden_irreps": "16 apples"}})
+    with pytest.raises(ConfigError, match="must include 1o"):
+        config_from_dict({"field": {"kind": "e3nn", "hidden_irreps": "16x0e + 4x2e"}})
+    with pytest.raises(ConfigError, match="'field.r_max' must be positive"):
+        config_from_dict({"field": {"kind": "e3nn", "r_max": 0.0}})

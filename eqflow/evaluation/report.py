@@ -10,7 +10,7 @@ import torch
 
 from .metrics import distance_histogram_distance, energy_w1, ess, log_weights, nll, self_normalized_weights
 
-__all__ = ["evaluate_generator", "format_summary", "energies_in_batches", "solver_check"]
+__all__ = ["evaluate_generator", "format_summary", "energies_in_batches", "solver_check", "fold_samples"]
 
 
 def energies_in_batches(target, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -25,15 +25,22 @@ def _is_molecule(target) -> bool:
 
 def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None = None,
                        nll_samples: int | None = None, plots: bool = True, progress: bool = False) -> dict:
-    """All DESIGN.md metrics of a :class:`~eqflow.generator.Generator`.
+    """All DESIGN.md metrics of a :class:`~eqflow.generator.Generator`: any model of the protocol
+    (:mod:`eqflow.models`) with its target, from a config or built by hand.
+
+    Molecules: a reflection-symmetric model (``q(x) = q(-x)``, eqflow's E(3) flows) has its mirror
+    samples folded onto the target's own enantiomer (the chirality of each chiral centre in the
+    target's structure) and ``log 2`` added to its log-densities; a model that makes one enantiomer
+    (the IC baseline) is scored as it is. ``d_fraction`` is the mirror fraction before folding.
 
     Parameters
     ----------
-    gen : generator (flow + target + config)
+    gen : generator (model + target, optional config: defaults of the arguments below come from
+        ``config.eval`` when there is one)
     reference : held-out :class:`~eqflow.distributions.ReferenceData` (test split) or None
     out_dir : folder for plots (``energy_hist.png``, ``distance_hist.png`` or ``ramachandran.png``)
-    n_samples : model samples (default ``eval.n_samples``)
-    nll_samples : reference samples scored for the NLL (default ``eval.nll_samples``)
+    n_samples : model samples (default ``eval.n_samples``, else 10,000)
+    nll_samples : reference samples scored for the NLL (default ``eval.nll_samples``, else 2,000)
 
     Returns
     -------
@@ -43,23 +50,23 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
     ``rama_kl`` — the reference's own values alongside (``ref_*``).
     """
     cfg = gen.config
-    n_samples = n_samples or cfg.eval.n_samples
-    nll_samples = cfg.eval.nll_samples if nll_samples is None else nll_samples
+    n_samples = n_samples or (cfg.eval.n_samples if cfg is not None else 10000)
+    if nll_samples is None:
+        nll_samples = cfg.eval.nll_samples if cfg is not None else 2000
+    n_check = (cfg.eval.solver_check if cfg is not None else 200) if gen.solver is not None else 0
     x, log_q = gen.sample(n_samples, progress=progress)
     x, log_q = x.cpu(), log_q.cpu()  # metrics, energies of CPU targets and plots work on the host
     molecule = _is_molecule(gen.target)
-    settings = gen.solver_settings()
-    out = {"n_samples": n_samples,
-           "eval_solver": settings["solver"] + (f"-{settings['n_steps']}" if settings["solver"] in
-                                                 ("euler", "midpoint", "rk4") else f"-{settings['rtol']:g}")}
-    if cfg.eval.solver_check:
-        out.update(solver_check(gen, x[:cfg.eval.solver_check], log_q[:cfg.eval.solver_check]))
-    if molecule:
-        from .chirality import fold_to_l
-        center, neighbors = gen.target.chiral_centers[0]
-        x, log_q, frac_d = fold_to_l(x, log_q, center=center, neighbors=tuple(neighbors))
-        out["d_fraction"] = frac_d
-    u = energies_in_batches(gen.target, x, cfg.eval.batch_size)
+    out = {"n_samples": n_samples, "model": type(gen.model).__name__,
+           "eval_solver": gen.solver.label if gen.solver is not None else "none",
+           "eval_divergence": gen.divergence if gen.solver is not None else "none"}
+    if n_check:
+        out.update(solver_check(gen, x[:n_check], log_q[:n_check]))
+    symmetric = gen.reflection_symmetric
+    centers = getattr(gen.target, "chiral_centers", None) or []
+    x, log_q, chir = fold_samples(gen, x, log_q)
+    out.update(chir)
+    u = energies_in_batches(gen.target, x, gen.batch_size)
     log_w, n_bad = log_weights(u, log_q, return_count=True)
     w = self_normalized_weights(log_w)
     finite_u = u[torch.isfinite(u)]
@@ -77,7 +84,7 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
         if nll_samples:
             xr = reference.positions[:nll_samples]
             lq_ref = gen.log_prob(xr)
-            if molecule:  # the reference is L only; the folded model density on the L half is 2q
+            if molecule and centers and symmetric:  # the reference is L only; folded density is 2q there
                 lq_ref = lq_ref + math.log(2.0)
             out["nll"] = nll(lq_ref)
     if molecule:
@@ -90,6 +97,23 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
             if not molecule:
                 plot_distance_histograms(x, log_w, reference.positions, out_dir / "distance_hist.png")
     return out
+
+
+def fold_samples(gen, x: torch.Tensor, log_q: torch.Tensor | None):
+    """Samples of ``gen`` as evaluation sees them: for a chiral molecule and a reflection-symmetric
+    model, mirror images folded onto the target's own enantiomer with ``log q + log 2``; otherwise
+    unchanged. Returns ``(x, log_q, stats)`` with ``d_fraction`` (before folding),
+    ``stereo_mismatch_fraction`` and ``folded`` (empty stats for targets without chiral centres)."""
+    centers = getattr(gen.target, "chiral_centers", None) or []
+    if not _is_molecule(gen.target) or not centers:
+        return x, log_q, {}
+    from .chirality import fold_to_reference, l_sign
+    signs = getattr(gen.target, "chiral_signs", None) or [l_sign(None, c, nb) for c, nb in centers]
+    x_f, log_q_f, stats = fold_to_reference(x, log_q, centers, signs)
+    stats["folded"] = bool(gen.reflection_symmetric)
+    if stats["folded"]:
+        return x_f, log_q_f, stats
+    return x, log_q, stats
 
 
 def solver_check(gen, x: torch.Tensor, log_q: torch.Tensor) -> dict:

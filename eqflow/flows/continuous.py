@@ -8,13 +8,12 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from ..distributions import com_free_gaussian_log_prob
 from ..geometry import assert_com_free, check_positions
+from ..solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, SolverSettings
 from .divergence import NOISE_TYPES, sample_noise
 from .dynamics import DIVERGENCES, AugmentedDynamics
 
 __all__ = ["ContinuousFlow", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "check_sample_count"]
 
-FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
-ADAPTIVE_SOLVERS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
 
 
 def check_sample_count(n) -> int:
@@ -46,6 +45,10 @@ class ContinuousFlow(torch.nn.Module):
     checkpoint : recompute each field evaluation in the backward pass instead of storing its graph:
         exact gradients with the memory of one evaluation (about 1.3x the compute)
     """
+
+    # An E(3)-equivariant field and an invariant base give q(x) = q(-x): both enantiomers of a chiral
+    # molecule (evaluation folds them and adds log 2; DESIGN.md "Chirality"). Model protocol flag.
+    reflection_symmetric = True
 
     def __init__(self, field: torch.nn.Module, base: torch.nn.Module, node_features: torch.Tensor | None = None,
                  divergence: str = "hutchinson", noise: str = "rademacher", solver: str = "rk4",
@@ -179,6 +182,26 @@ class ContinuousFlow(torch.nn.Module):
         if unchecked is not None:
             return unchecked(z)
         return com_free_gaussian_log_prob(z, self.base.scale, self.n_atoms, self.dim)
+
+    @property
+    def solver_settings(self) -> SolverSettings:
+        """The current solve as a :class:`~eqflow.solvers.SolverSettings`."""
+        return SolverSettings(self.solver, self.n_steps, self.rtol, self.atol)
+
+    @contextlib.contextmanager
+    def using_solver(self, settings: SolverSettings | None):
+        """Within this block, solve with ``settings`` (None: unchanged). The field is a continuous-time
+        object: evaluation may solve it more accurately than training did."""
+        if settings is None:
+            yield self
+            return
+        saved = self.solver_settings
+        self.solver, self.n_steps, self.rtol, self.atol = (settings.solver, int(settings.n_steps),
+                                                           settings.rtol, settings.atol)
+        try:
+            yield self
+        finally:
+            self.solver, self.n_steps, self.rtol, self.atol = saved.solver, saved.n_steps, saved.rtol, saved.atol
 
     def forward(self, n: int):
         return self.sample(n)

@@ -1,4 +1,8 @@
-"""Equivariant vector fields ``v(t, x, h)`` usable on their own in any torch model."""
-from .e3nn_field import E3NNConvLayer, E3NNField
+"""Equivariant vector fields ``v(t, x, h)`` and layers usable on their own in any torch model."""
+from .cueq import cueq_available
+from .e3nn_conv import E3NNConv
+from .e3nn_field import E3NNField
+from .edges import dense_edges, radius_edges
 from .egnn import EGNNField, EGNNLayer
 from .embedding import ScaledField, TimeEmbedding
+from .radial import BesselBasis, PolynomialCutoff, RadialEmbedding

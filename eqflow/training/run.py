@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from .. import distributed as dd
-from ..builders import build_flow, build_target
+from ..builders import build_model, build_target
 from ..checkpoint import previous_path
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..distributions import ensure_particle_reference, load_reference, split_reference
@@ -18,6 +18,7 @@ from ..flows import ContinuousFlow
 from ..evaluation.report import evaluate_generator, format_summary, save_summary
 from ..errors import RunFolderError
 from ..generator import Generator
+from ..models import is_ode_model
 from .trainer import CHECKPOINT_NAME, Trainer, seed_everything
 
 __all__ = ["run_training", "resolve_reference", "prepare_run_folder", "check_device", "read_metrics",
@@ -131,7 +132,7 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
     torch.set_default_dtype(_dtype(cfg))
     try:
         target = build_target(cfg)
-        flow = build_flow(cfg, target).to(device)
+        flow = build_model(cfg, target).to(device)
         train_ref, test_ref = resolve_reference(cfg, target)
         if train_ref is not None:
             train_ref.positions = train_ref.positions.to(_dtype(cfg))
@@ -142,7 +143,8 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         trainer = Trainer(flow, target, cfg.train, out_dir=out_dir, train_data=train_ref, val_data=test_ref,
                           energy_cut=cfg.target.energy_cut, val_every=ev.val_every, val_samples=ev.val_samples,
                           val_batch_size=ev.batch_size,
-                          val_log_prob=lambda x: flow.log_prob(x, divergence=ev.divergence),
+                          val_log_prob=((lambda x: flow.log_prob(x, divergence=ev.divergence))
+                                        if is_ode_model(flow) else None),
                           metadata={"config": config_to_dict(cfg)}, overwrite=True, progress=progress,
                           fm_settings=cfg.fm, buffer_settings=cfg.buffer, anneal_settings=cfg.anneal,
                           sample_fn=_refresh_sampler(flow, cfg))

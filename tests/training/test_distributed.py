@@ -91,3 +91,11 @@ def test_buffer_is_sharded_per_rank_and_rank0s_buffer_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     state = read_checkpoint(run / "checkpoint.pt")
     assert state["step"] == 5 and state["buffer"]["size"] == 16 + 16  # one more refresh (step 4), one rank
+
+
+def test_scaling_table_efficiency():
+    from eqflow.benchmark_scaling import scaling_table
+    rows = [{"world": 1, "system": "dw4", "batch": 256, "seconds_per_step": 1.0, "samples_per_second": 100.0},
+            {"world": 2, "system": "dw4", "batch": 256, "seconds_per_step": 0.625, "samples_per_second": 160.0}]
+    table = scaling_table(rows)
+    assert "80%" in table.splitlines()[-1] and table.splitlines()[-1].count("80%") == 2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eqflow import load_checkpoint
+from eqflow import Generator, load_checkpoint
 from eqflow.checkpoint import read_checkpoint
 from eqflow.builders import build_flow, build_target
 from eqflow.config import config_from_dict, config_to_dict
@@ -195,10 +195,10 @@ def test_evaluation_solver_and_solver_check(tmp_path):
     from eqflow.evaluation.report import solver_check
     make_trainer(tiny_cfg(steps=2), tmp_path).train()
     gen = load_checkpoint(tmp_path)
-    assert gen.solver_settings()["n_steps"] == 2  # eval.n_steps null: the training solver
-    gen.config = apply_overrides(gen.config, ["eval.n_steps=16"])
+    assert gen.solver_settings().n_steps == 2  # eval.n_steps null: the training solver
+    gen = Generator(gen.model, gen.target, apply_overrides(gen.config, ["eval.n_steps=16"]))
     s = gen.solver_settings(refine=2)
-    assert s["solver"] == "rk4" and s["n_steps"] == 32
+    assert s.solver == "rk4" and s.n_steps == 32 and s.label == "rk4-32"
     torch.manual_seed(0)
     x, log_q = gen.sample(32, divergence="exact")
     assert gen.flow.n_steps == 2  # restored after sampling
