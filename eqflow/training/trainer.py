@@ -294,8 +294,12 @@ class Trainer:
         self.step, self.n_skipped = state["step"], state["n_skipped"]
         self.n_dropped, self.elapsed = state["n_dropped"], state["elapsed"]
         if self.buffer is not None and state.get("buffer") is not None:
+            if int(state["buffer"]["capacity"]) != self.buffer.capacity:
+                raise RunFolderError(f"--resume: the checkpoint's replay buffer holds {int(state['buffer']['capacity'])} "
+                                     f"entries, buffer.capacity is {self.buffer.capacity}; keep it on resume")
             self.buffer.load_state_dict(state["buffer"])
         if self.ladder is not None and state.get("ladder") is not None:
+            # The ladder the run started with wins over an edited config: the rungs are part of the run.
             self.ladder.load_state_dict(state["ladder"])
         self.energy.temperature = float(state.get("temperature", self.energy.temperature))
         self.n_energy_evals = int(state.get("n_energy_evals", 0))

@@ -139,6 +139,10 @@ def test_resume_with_buffer_continues_exactly(tmp_path):
     a, b = full.buffer.state_dict(), resumed.buffer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in ("x", "log_q", "u")) and a["ptr"] == b["ptr"]
     assert resumed.n_energy_evals == full.n_energy_evals
+    from eqflow.errors import RunFolderError
+    other = make_trainer(cfg_of(buffer={"capacity": 41}), tmp_path / "part")
+    with pytest.raises(RunFolderError, match="buffer.capacity is 41"):
+        other.load()
 
 
 def test_step_cut_short_during_refresh_leaves_buffer_as_at_its_start(tmp_path):
@@ -188,3 +192,27 @@ def test_warns_when_the_budget_ends_before_the_target_temperature(tmp_path):
     with pytest.warns(RuntimeWarning, match="before the annealing ladder reached the target temperature 1.0"):
         summary = tr.train()
     assert summary["stop_reason"] == "budget" and summary["final_temperature"] == 3.0
+
+
+def test_flow_matching_on_reference_data_lowers_its_nll(tmp_path):
+    from eqflow.distributions import ReferenceData
+    from eqflow.geometry import remove_mean
+    g = torch.Generator().manual_seed(0)
+    square = torch.tensor([[0.0, 0.0], [3.5, 0.0], [3.5, 3.5], [0.0, 3.5]], dtype=torch.float64)
+    angles = torch.rand(600, generator=g, dtype=torch.float64) * 2 * np.pi
+    c, s = angles.cos(), angles.sin()
+    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # [600, 2, 2]
+    x = remove_mean(square @ rot.transpose(-1, -2) + 0.15 * torch.randn(600, 4, 2, generator=g, dtype=torch.float64))
+    data = ReferenceData(x, torch.zeros(600))
+    cfg = cfg_of(train={"steps": 60, "fm_weight": 0.0, "fm_data_weight": 1.0}, fm={"permute": False},
+                 target={"reference": "given below"})
+    tr = make_trainer(cfg, tmp_path, train_data=data.subset(slice(0, 500)))
+    held_out = data.positions[500:564]
+    with torch.no_grad():
+        before = -tr.model.log_prob(held_out, divergence="exact").mean()
+    tr.train()
+    with torch.no_grad():
+        after = -tr.model.log_prob(held_out, divergence="exact").mean()
+    fm = [r["fm_data"] for r in rows(tr)]
+    assert np.mean(fm[-10:]) < np.mean(fm[:10])
+    assert after < before - 1.0
