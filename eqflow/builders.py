@@ -5,11 +5,13 @@ import torch
 
 from .config import Config, ConfigError
 from .distributions import MixtureBase
+from .distributions.harmonic import HarmonicBase
 from .flows import ContinuousFlow, MixtureFlow
 from .nn import E3NNField, EGNNField, ScaledField
 from .targets import Energy, make_target
 
-__all__ = ["build_target", "build_field", "build_flow", "build_model", "build_ic_flow", "node_features_of"]
+__all__ = ["build_target", "build_field", "build_flow", "build_base", "build_model", "build_ic_flow",
+           "node_features_of"]
 
 
 def build_target(cfg: Config) -> Energy:
@@ -55,13 +57,38 @@ def build_field(cfg: Config, dim: int, n_node_features: int) -> torch.nn.Module:
     return field if f.length_scale == 1.0 else ScaledField(field, f.length_scale)
 
 
+def build_base(cfg: Config, target: Energy) -> MixtureBase:
+    """The :class:`MixtureBase` of ``flow.n_components`` components for ``target``.
+
+    ``flow.base: gaussian``: isotropic CoM-free Gaussians of scale ``flow.base_scale``.
+    ``flow.base: harmonic``: :class:`HarmonicBase` components on the target's bond graph
+    (``Λ = harmonic_k·L + harmonic_eps·I``), each with global scale ``flow.base_scale`` (1: ``Λ``
+    as given); needs a target with a topology (molecules), otherwise a :class:`ConfigError`.
+    """
+    fl = cfg.flow
+    learn_weights = fl.learn_base and fl.n_components > 1
+    if fl.base == "gaussian":
+        return MixtureBase(target.n_atoms, target.dim, fl.n_components, fl.base_scale,
+                           learn_weights=learn_weights, learn_scales=fl.learn_base)
+    topology = getattr(target, "topology", None)
+    if topology is None:
+        raise ConfigError(f"config key 'flow.base': harmonic needs a target with bonds (a molecule); "
+                          f"target {cfg.target.name!r} has no topology")
+    scales = fl.base_scale if isinstance(fl.base_scale, list) else [fl.base_scale] * fl.n_components
+    try:
+        comps = [HarmonicBase.from_topology(topology, target.dim, k=fl.harmonic_k, eps=fl.harmonic_eps,
+                                            scale=float(s), learn_scale=fl.learn_base) for s in scales]
+    except ValueError as err:  # e.g. a disconnected bond graph with harmonic_eps = 0
+        raise ConfigError(f"config key 'flow.base': {err}") from None
+    return MixtureBase(target.n_atoms, target.dim, fl.n_components, learn_weights=learn_weights, components=comps)
+
+
 def build_flow(cfg: Config, target: Energy) -> ContinuousFlow:
     """A :class:`MixtureFlow` (``flow.n_components`` components, 1 = plain flow) for ``target``."""
     fl = cfg.flow
     h = node_features_of(target)
     n_feat = 0 if h is None else h.shape[1]
-    base = MixtureBase(target.n_atoms, target.dim, fl.n_components, fl.base_scale,
-                       learn_weights=fl.learn_base and fl.n_components > 1, learn_scales=fl.learn_base)
+    base = build_base(cfg, target)
     field = build_field(cfg, target.dim, n_feat + fl.n_components)
     return MixtureFlow(field, base, node_features=h, divergence=fl.divergence, noise=fl.noise,
                        solver=fl.solver, n_steps=fl.n_steps, rtol=fl.rtol, atol=fl.atol, adjoint=fl.adjoint,

@@ -1,6 +1,7 @@
 """YAML configuration -> typed dataclasses. Unknown keys and wrong types are rejected by name.
 
-A config file has the sections ``target``, ``model``, ``field``, ``flow``, ``train`` and ``eval``; every key is
+A config file has the sections ``target``, ``model``, ``field``, ``flow``, ``train``, ``eval`` and,
+for the data-free mass-covering objectives, ``fm``, ``buffer`` and ``anneal``; every key is
 optional and defaults to the values below. ``--set train.lr=3e-4`` style overrides go through
 :func:`apply_overrides` with the same checks.
 """
@@ -19,7 +20,8 @@ from .errors import EqflowError
 from .solvers import SOLVERS, SolverSettings
 
 __all__ = ["Config", "TargetConfig", "ModelConfig", "FieldConfig", "FlowConfig", "TrainConfig", "EvalConfig",
-           "ConfigError", "load_config", "train_solver", "eval_solver", "config_from_dict", "config_to_dict", "apply_overrides"]
+           "FMConfig", "BufferConfig", "AnnealConfig", "ConfigError", "load_config", "train_solver", "eval_solver",
+           "config_from_dict", "config_to_dict", "apply_overrides"]
 
 
 class ConfigError(EqflowError, ValueError):
@@ -69,6 +71,9 @@ class FlowConfig:
     n_components: int = 1         # mixture base components (1 = plain flow)
     base_scale: Union[float, list] = 1.0  # sigma of the base (one per component allowed)
     learn_base: bool = True       # learn mixture weights and scales
+    base: str = "gaussian"        # gaussian | harmonic (bond-graph Gaussian; molecules only)
+    harmonic_k: float = 100.0     # harmonic base: spring constant per bond (1/length²; alanine in nm: ~100)
+    harmonic_eps: float = 10.0    # harmonic base: isotropic precision (1/length²), keeps the whole molecule bounded
 
 
 @dataclass
@@ -82,7 +87,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     kl_weight: float = 1.0        # reverse KL (energy only, data-free)
     ml_weight: float = 0.0        # maximum likelihood on reference samples
-    ml_batch_size: int = 256
+    ml_batch_size: int = 256      # also the batch of importance-weighted maximum likelihood (iwml_weight)
+    fm_weight: float = 0.0        # importance-weighted flow matching on the replay buffer (data-free)
+    iwml_weight: float = 0.0      # importance-weighted maximum likelihood on the replay buffer (through the solver)
+    fm_data_weight: float = 0.0   # flow matching on the reference samples (data-based, no solver)
     kinetic_weight: float = 0.0   # λ_K of ∫|v|² dt along sampling paths (RNODE; keeps few-step solves accurate)
     jacobian_weight: float = 0.0  # λ_J of ∫‖∂v/∂x‖²_F dt (Hutchinson estimate in training)
     grad_clip: float = 10.0       # max global gradient norm
@@ -123,6 +131,33 @@ class ModelConfig:
 
 
 @dataclass
+class FMConfig:
+    align: bool = True            # rotate x1 onto x0 (Kabsch, proper rotations only)
+    permute: bool = False         # also permute identical particles (Hungarian per atom type; DW4/LJ)
+    sigma_min: float = 0.0        # std of the CoM-free noise on the path
+    batch_size: int = 256         # pairs per flow-matching term (fm_weight, fm_data_weight)
+
+
+@dataclass
+class BufferConfig:
+    capacity: int = 10000         # entries kept (FIFO)
+    refresh_every: int = 50       # steps between refreshes (also before the first step)
+    refresh_samples: int = 512    # new model samples per refresh
+    resample: bool = True         # draw entries by weight (loss unweighted) or uniformly (loss weighted)
+    divergence: str = "exact"     # log q of refreshed samples: exact (accurate weights) | hutchinson
+    clip_quantile: Optional[float] = None   # cap log weights at this quantile of the buffer's (null: off)
+    clip_log_ratio: Optional[float] = None  # cap log weights at max - this (null: off)
+    tempering: float = 1.0        # w^β: 1 keeps the weights, 0 makes them uniform
+
+
+@dataclass
+class AnnealConfig:
+    temperatures: Optional[list] = None     # [T_high, ..., T_target] (K or reduced); null: no annealing
+    fractions: Optional[list] = None        # share of train.steps on each rung but the last (K-1 entries)
+    steps_per_rung: Optional[Union[int, list]] = None  # or: steps on each rung but the last
+
+
+@dataclass
 class Config:
     target: TargetConfig = dc_field(default_factory=TargetConfig)
     model: ModelConfig = dc_field(default_factory=ModelConfig)
@@ -130,6 +165,9 @@ class Config:
     flow: FlowConfig = dc_field(default_factory=FlowConfig)
     train: TrainConfig = dc_field(default_factory=TrainConfig)
     eval: EvalConfig = dc_field(default_factory=EvalConfig)
+    fm: FMConfig = dc_field(default_factory=FMConfig)
+    buffer: BufferConfig = dc_field(default_factory=BufferConfig)
+    anneal: AnnealConfig = dc_field(default_factory=AnnealConfig)
 
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:
@@ -267,6 +305,8 @@ _CHOICES = {
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
     ("train", "dtype"): ("float32", "float64"),
     ("eval", "divergence"): ("exact", "hutchinson", "auto"),
+    ("flow", "base"): ("gaussian", "harmonic"),
+    ("buffer", "divergence"): ("exact", "hutchinson"),
     ("eval", "solver"): (None,) + SOLVERS,
 }
 _POSITIVE = [("model", "ic_layers"), ("model", "ic_bins"), ("model", "ic_hidden"), ("model", "ic_bond_width"),
@@ -275,7 +315,10 @@ _POSITIVE = [("model", "ic_layers"), ("model", "ic_bins"), ("model", "ic_hidden"
              ("flow", "n_steps"), ("flow", "n_components"),
              ("train", "steps"), ("train", "batch_size"), ("train", "lr"), ("train", "grad_clip"),
              ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "n_samples"),
-             ("eval", "batch_size"), ("train", "ml_batch_size")]
+             ("eval", "batch_size"), ("train", "ml_batch_size"), ("fm", "batch_size"), ("buffer", "capacity"),
+             ("buffer", "refresh_every"), ("buffer", "refresh_samples")]
+
+_LOSS_WEIGHTS = ("kl_weight", "ml_weight", "fm_weight", "iwml_weight", "fm_data_weight")
 
 
 def _validate(cfg: Config) -> None:
@@ -287,8 +330,12 @@ def _validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, sec), key)
         if value <= 0:
             raise ConfigError(f"config key '{sec}.{key}' must be positive, got {value!r}")
-    if cfg.train.kl_weight < 0 or cfg.train.ml_weight < 0 or cfg.train.kl_weight + cfg.train.ml_weight == 0:
-        raise ConfigError("config keys 'train.kl_weight' and 'train.ml_weight' must be >= 0, not both 0")
+    weights = {k: getattr(cfg.train, k) for k in _LOSS_WEIGHTS}
+    for key, w in weights.items():
+        if not w >= 0:
+            raise ConfigError(f"config key 'train.{key}' must be >= 0, got {w!r}")
+    if sum(weights.values()) == 0:
+        raise ConfigError(f"config keys {', '.join('train.' + k for k in _LOSS_WEIGHTS)}: at least one must be > 0")
     for key in ("kinetic_weight", "jacobian_weight"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(cfg.train, key)!r}")
@@ -320,8 +367,10 @@ def _validate(cfg: Config) -> None:
                               f"{cfg.field.hidden_irreps!r}")
     if cfg.eval.n_steps is not None and cfg.eval.n_steps < 1:
         raise ConfigError(f"config key 'eval.n_steps' must be positive or null, got {cfg.eval.n_steps!r}")
-    if cfg.train.ml_weight > 0 and not cfg.target.reference:
-        raise ConfigError("'train.ml_weight' > 0 needs reference samples: set 'target.reference'")
+    for key in ("ml_weight", "fm_data_weight"):
+        if getattr(cfg.train, key) > 0 and not cfg.target.reference:
+            raise ConfigError(f"'train.{key}' > 0 needs reference samples: set 'target.reference'")
+    _validate_objectives(cfg)
     scales = cfg.flow.base_scale if isinstance(cfg.flow.base_scale, list) else [cfg.flow.base_scale]
     if any((not isinstance(s, (int, float))) or s <= 0 for s in scales):
         raise ConfigError(f"config key 'flow.base_scale' must be positive numbers, got {cfg.flow.base_scale!r}")
@@ -332,3 +381,53 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("config keys 'flow.adjoint' and 'flow.checkpoint' cannot both be true")
     if not 0 < cfg.eval.test_fraction < 1:
         raise ConfigError(f"config key 'eval.test_fraction' must be in (0, 1), got {cfg.eval.test_fraction}")
+
+
+def _validate_objectives(cfg: Config) -> None:
+    """The flow-matching, buffer, annealing and base keys (issue #8)."""
+    if cfg.model.kind != "cartesian" and cfg.train.fm_weight + cfg.train.fm_data_weight > 0:
+        raise ConfigError(f"config keys 'train.fm_weight' / 'train.fm_data_weight' need model.kind: cartesian "
+                          f"(flow matching trains a vector field), got {cfg.model.kind!r}")
+    if cfg.model.kind != "cartesian" and cfg.flow.base != "gaussian":
+        raise ConfigError(f"config key 'flow.base' applies to model.kind: cartesian only, got {cfg.model.kind!r}")
+    if cfg.fm.sigma_min < 0:
+        raise ConfigError(f"config key 'fm.sigma_min' must be >= 0, got {cfg.fm.sigma_min!r}")
+    if cfg.fm.permute and not cfg.fm.align:
+        raise ConfigError("config key 'fm.permute' needs 'fm.align': true (the permutation is found with the rotation)")
+    b = cfg.buffer
+    if b.clip_quantile is not None and not 0 < b.clip_quantile <= 1:
+        raise ConfigError(f"config key 'buffer.clip_quantile' must be in (0, 1] or null, got {b.clip_quantile!r}")
+    if b.clip_log_ratio is not None and not b.clip_log_ratio > 0:
+        raise ConfigError(f"config key 'buffer.clip_log_ratio' must be positive or null, got {b.clip_log_ratio!r}")
+    if not 0 <= b.tempering <= 1:
+        raise ConfigError(f"config key 'buffer.tempering' must be in [0, 1], got {b.tempering!r}")
+    if cfg.flow.harmonic_k < 0 or cfg.flow.harmonic_eps < 0:
+        raise ConfigError("config keys 'flow.harmonic_k' and 'flow.harmonic_eps' must be >= 0, got "
+                          f"{cfg.flow.harmonic_k!r} and {cfg.flow.harmonic_eps!r}")
+    a = cfg.anneal
+    if a.temperatures is None:
+        if a.fractions is not None or a.steps_per_rung is not None:
+            raise ConfigError("config keys 'anneal.fractions' / 'anneal.steps_per_rung' need 'anneal.temperatures'")
+        return
+    temps = a.temperatures
+    if not temps or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 for t in temps):
+        raise ConfigError(f"config key 'anneal.temperatures' must be a non-empty list of positive numbers, got {temps!r}")
+    if any(b_ > a_ for a_, b_ in zip(temps, temps[1:])):
+        raise ConfigError(f"config key 'anneal.temperatures' must not increase (high T first, target last), got {temps!r}")
+    if "temperature" in cfg.target.kwargs and float(temps[-1]) != float(cfg.target.kwargs["temperature"]):
+        raise ConfigError(f"config key 'anneal.temperatures' must end at the target's temperature "
+                          f"(target.kwargs.temperature = {cfg.target.kwargs['temperature']!r}), got {temps[-1]!r}")
+    if len(temps) > 1 and (a.fractions is None) == (a.steps_per_rung is None):
+        raise ConfigError("give exactly one of 'anneal.fractions' and 'anneal.steps_per_rung' for an annealing ladder")
+    if a.fractions is not None:
+        fr = a.fractions
+        if len(fr) != len(temps) - 1 or any(isinstance(f, bool) or not isinstance(f, (int, float)) or f < 0 for f in fr) \
+                or sum(fr) > 1 + 1e-12:
+            raise ConfigError(f"config key 'anneal.fractions' needs {len(temps) - 1} non-negative numbers summing to "
+                              f"at most 1, got {fr!r}")
+    if a.steps_per_rung is not None:
+        spr = a.steps_per_rung if isinstance(a.steps_per_rung, list) else [a.steps_per_rung]
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in spr) or \
+                (isinstance(a.steps_per_rung, list) and len(spr) not in (len(temps) - 1, len(temps))):
+            raise ConfigError(f"config key 'anneal.steps_per_rung' must be a non-negative int or a list of "
+                              f"{len(temps) - 1} ints, got {a.steps_per_rung!r}")

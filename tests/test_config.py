@@ -4,7 +4,8 @@ from eqflow.config import ConfigError, apply_overrides, config_from_dict, load_c
 
 
 def test_shipped_configs_load():
-    for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml", "lj13_e3nn", "ala2_implicit_e3nn"]:
+    for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml", "lj13_e3nn", "ala2_implicit_e3nn",
+                 "ala2_fm", "dw4_fm", "ala2_implicit_fm"]:
         cfg = load_config(f"configs/{name}.yaml")
         assert cfg.train.steps > 0
 
@@ -49,6 +50,44 @@ def test_overrides_parse_and_check():
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_objective_keys_validated():
+    cfg = config_from_dict({"train": {"kl_weight": 0.0, "fm_weight": 1.0},
+                            "fm": {"permute": True}, "buffer": {"clip_quantile": 0.99},
+                            "anneal": {"temperatures": [600, 300], "fractions": [0.3]},
+                            "flow": {"base": "harmonic"}})
+    assert cfg.train.fm_weight == 1.0 and cfg.anneal.temperatures == [600, 300] and cfg.flow.base == "harmonic"
+    for bad, match in [
+        ({"train": {"kl_weight": 0.0}}, "at least one must be > 0"),
+        ({"train": {"fm_weight": -1.0}}, "'train.fm_weight' must be >= 0"),
+        ({"train": {"kl_weight": 0.0, "fm_data_weight": 1.0}, "target": {"reference": None}},
+         "'train.fm_data_weight' > 0 needs reference"),
+        ({"fm": {"align": False, "permute": True}}, "'fm.permute' needs"),
+        ({"fm": {"sigma_min": -0.1}}, "'fm.sigma_min'"),
+        ({"fm": {"batch_size": 0}}, "'fm.batch_size' must be positive"),
+        ({"buffer": {"divergence": "approx"}}, "'buffer.divergence' must be one of"),
+        ({"buffer": {"clip_quantile": 1.5}}, "'buffer.clip_quantile'"),
+        ({"buffer": {"clip_log_ratio": 0}}, "'buffer.clip_log_ratio'"),
+        ({"buffer": {"tempering": 2.0}}, "'buffer.tempering'"),
+        ({"buffer": {"refresh_every": 0}}, "'buffer.refresh_every' must be positive"),
+        ({"flow": {"base": "uniform"}}, "'flow.base' must be one of"),
+        ({"flow": {"harmonic_k": -1.0}}, "'flow.harmonic_k'"),
+        ({"anneal": {"temperatures": [300, 600], "fractions": [0.5]}}, "must not increase"),
+        ({"anneal": {"temperatures": [600, 0], "fractions": [0.5]}}, "positive numbers"),
+        ({"anneal": {"temperatures": [600, 300]}}, "exactly one of"),
+        ({"anneal": {"temperatures": [600, 300], "fractions": [0.5], "steps_per_rung": 10}}, "exactly one of"),
+        ({"anneal": {"temperatures": [600, 450, 300], "fractions": [0.5]}}, "'anneal.fractions' needs 2"),
+        ({"anneal": {"temperatures": [600, 300], "fractions": [0.7, 0.6]}}, "'anneal.fractions' needs 1"),
+        ({"anneal": {"temperatures": [600, 300], "steps_per_rung": -1}}, "'anneal.steps_per_rung'"),
+        ({"anneal": {"fractions": [0.5]}}, "need 'anneal.temperatures'"),
+        ({"anneal": {"temperatures": [600, 400], "fractions": [0.5]}, "target": {"kwargs": {"temperature": 300}}},
+         "must end at the target's temperature"),
+        ({"anneal": {"nope": 1}}, "'anneal.nope'"),
+        ({"model": {"kind": "ic"}, "train": {"fm_weight": 1.0}}, "need model.kind: cartesian"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict(bad)
 
 
 def test_e3nn_field_keys_checked():

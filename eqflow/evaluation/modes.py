@@ -23,7 +23,8 @@ from .metrics import self_normalized_weights
 from .ramachandran import basin_masks
 
 __all__ = ["mode_populations", "basin_labels", "alanine_mode_populations", "contact_graph_labels",
-           "decode_contact_label", "dw4_mode_labels", "ALA2_BASIN_NAMES", "DW4_MINIMA"]
+           "decode_contact_label", "dw4_mode_labels", "training_mode_populations", "ALA2_BASIN_NAMES",
+           "DW4_MINIMA"]
 
 ALA2_BASIN_NAMES = ("beta_C7eq", "alphaR", "alphaL", "C7ax")
 # Degree sequence of DW4's contact graph (cutoff d0 = 4) -> energy of that local minimum (tau = 1).
@@ -125,3 +126,50 @@ def dw4_mode_labels(x, d0: float = 4.0) -> np.ndarray:
     Decode with ``decode_contact_label(label, 4)``; the keys of :data:`DW4_MINIMA` are the states.
     """
     return contact_graph_labels(x, d0)
+
+
+def _dw4_name(seq) -> str:
+    return "".join(str(d) for d in seq)
+
+
+def training_mode_populations(target, x, log_w=None, reflection_symmetric: bool = True) -> dict[str, float]:
+    """Mode populations of a sample set as flat ``{"pop_raw/<mode>": ..., "pop_rw/<mode>": ...}``, for
+    the training log (e.g. the replay buffer at each refresh); ``{}`` for systems without mode labels.
+
+    - Molecules with ``target.dihedrals["phi"/"psi"]``: ``phi>0``, ``phi<0`` and the Ramachandran
+      basins, after folding D samples to the reference enantiomer when ``reflection_symmetric`` and
+      the target has chiral centres (folding changes no weight: ``log 2`` cancels in the normalization).
+    - DW4 (4 particles in 2D, ``target.d0``): the five minima by their contact-graph degree sequence
+      (e.g. ``pop_raw/0112``) and ``other``.
+    - Anything else (LJ): ``{}``.
+
+    ``x`` ``[B, N, dim]``; ``log_w`` ``[B]`` importance log weights or None (no ``pop_rw`` keys).
+    The keys depend on the system only, so every rank of a distributed run logs the same ones.
+    """
+    out = {}
+    dih = getattr(target, "dihedrals", None) or {}
+    if "phi" in dih and "psi" in dih:
+        from .ramachandran import phi_psi
+        x = torch.as_tensor(x)
+        centers, signs = getattr(target, "chiral_centers", None), getattr(target, "chiral_signs", None)
+        if reflection_symmetric and centers and signs:
+            from .chirality import fold_to_reference
+            x, _, _ = fold_to_reference(x, None, centers, signs)
+        phi, psi = phi_psi(x, phi=dih["phi"], psi=dih["psi"])
+        for name, pops in alanine_mode_populations(phi, psi, log_w).items():
+            out[f"pop_raw/{name}"] = pops["raw"]
+            if pops["reweighted"] is not None:
+                out[f"pop_rw/{name}"] = pops["reweighted"]
+        return out
+    if getattr(target, "n_atoms", None) == 4 and getattr(target, "dim", None) == 2 and hasattr(target, "d0"):
+        labels = dw4_mode_labels(x, d0=float(target.d0))
+        codes = [sum(d * 4 ** (3 - i) for i, d in enumerate(seq)) for seq in DW4_MINIMA]
+        pops = mode_populations(labels, log_w, modes=codes)
+        names = [_dw4_name(seq) for seq in DW4_MINIMA] + ["other"]
+        raw = list(pops["raw"]) + [1.0 - float(np.sum(pops["raw"]))]
+        rw = None if pops["reweighted"] is None else list(pops["reweighted"]) + [1.0 - float(np.sum(pops["reweighted"]))]
+        for i, name in enumerate(names):
+            out[f"pop_raw/{name}"] = float(raw[i])
+            if rw is not None:
+                out[f"pop_rw/{name}"] = float(rw[i])
+    return out

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from .metrics import _np, interatomic_distances, self_normalized_weights  # noqa: E402
 
-__all__ = ["plot_training_curves", "plot_energy_histograms", "plot_distance_histograms"]
+__all__ = ["plot_training_curves", "plot_mode_diagnostics", "plot_energy_histograms", "plot_distance_histograms"]
 
 
 def _save(fig, path) -> Path:
@@ -78,6 +78,51 @@ def plot_training_curves(metrics_records, path) -> Path:
     ax_e.set_xlabel("step")
     ax_e.set_ylabel("ESS / n")
     ax_e.set_title(title)
+    return _save(fig, path)
+
+
+def _xy(records, xkey, ykey):
+    rows = [r for r in records if _finite(r.get(xkey)) and _finite(r.get(ykey))]
+    return np.asarray([float(r[xkey]) for r in rows]), np.asarray([float(r[ykey]) for r in rows])
+
+
+def plot_mode_diagnostics(metrics_records, path) -> Path:
+    """Mode populations and buffer ESS logged at each buffer refresh (``metrics.jsonl``).
+
+    Three panels: populations of each mode against step (``pop_rw/<mode>`` solid, reweighted;
+    ``pop_raw/<mode>`` dashed, the model's own); the buffer ESS (after weight control, and raw)
+    against training time (seconds); the same against the number of target energy evaluations
+    (``energy_evals``). Rows without a key are skipped for that curve; a system without mode labels
+    gets an empty first panel.
+    """
+    fig, (ax_p, ax_t, ax_n) = plt.subplots(1, 3, figsize=(15, 3.8))
+    modes = sorted({k.split("/", 1)[1] for r in metrics_records for k in r if k.startswith("pop_raw/")})
+    for i, mode in enumerate(modes):
+        color = f"C{i % 10}"
+        s, v = _column(metrics_records, f"pop_rw/{mode}")
+        if v.size:
+            ax_p.plot(s, v, color=color, lw=1.2, marker="o", ms=2, label=mode)
+        s, v = _column(metrics_records, f"pop_raw/{mode}")
+        if v.size:
+            ax_p.plot(s, v, color=color, lw=1, ls="--", label=None if _column(metrics_records, f"pop_rw/{mode}")[1].size
+                      else mode)
+    ax_p.set_ylim(0, 1)
+    ax_p.set_xlabel("step")
+    ax_p.set_ylabel("population")
+    ax_p.set_title("modes (solid: reweighted, dashed: raw)")
+    if modes:
+        ax_p.legend(fontsize=7, loc="best")
+    for ax, xkey, xlabel in ((ax_t, "time", "training time (s)"), (ax_n, "energy_evals", "energy evaluations")):
+        for ykey, style, label in (("buffer_ess", "-", "after clipping"), ("buffer_ess_raw", "--", "raw")):
+            x, y = _xy(metrics_records, xkey, ykey)
+            if y.size:
+                ax.plot(x, y, ls=style, marker="o", ms=2, lw=1, label=label)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("buffer ESS / n")
+        ax.legend(fontsize=7, loc="best")
+    ax_t.set_title("buffer ESS vs time")
+    ax_n.set_title("buffer ESS vs energy evaluations")
     return _save(fig, path)
 
 

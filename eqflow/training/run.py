@@ -13,7 +13,8 @@ from ..builders import build_model, build_target
 from ..checkpoint import previous_path
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..distributions import ensure_particle_reference, load_reference, split_reference
-from ..evaluation.plots import plot_training_curves
+from ..evaluation.plots import plot_mode_diagnostics, plot_training_curves
+from ..flows import ContinuousFlow
 from ..evaluation.report import evaluate_generator, format_summary, save_summary
 from ..errors import RunFolderError
 from ..generator import Generator, resolve_eval_divergence
@@ -137,6 +138,7 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
             train_ref.positions = train_ref.positions.to(_dtype(cfg))
         if test_ref is not None:
             test_ref.positions = test_ref.positions.to(_dtype(cfg))
+        _check_ladder_end(cfg, target)
         ev = cfg.eval
         trainer = Trainer(flow, target, cfg.train, out_dir=out_dir, train_data=train_ref, val_data=test_ref,
                           energy_cut=cfg.target.energy_cut, val_every=ev.val_every, val_samples=ev.val_samples,
@@ -144,7 +146,9 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
                           val_log_prob=((lambda x: flow.log_prob(x, divergence=resolve_eval_divergence(
                                             ev.divergence, flow.n_atoms, flow.dim, x.device)))
                                         if is_ode_model(flow) else None),
-                          metadata={"config": config_to_dict(cfg)}, overwrite=True, progress=progress)
+                          metadata={"config": config_to_dict(cfg)}, overwrite=True, progress=progress,
+                          fm_settings=cfg.fm, buffer_settings=cfg.buffer, anneal_settings=cfg.anneal,
+                          sample_fn=_refresh_sampler(flow, cfg))
         if resume:
             trainer.load()
         train_summary = trainer.train()
@@ -154,6 +158,8 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         records = read_metrics(trainer.metrics_path)
         if records:
             plot_training_curves(records, out_dir / "training_curves.png")
+            if any("buffer_ess" in r for r in records):
+                plot_mode_diagnostics(records, out_dir / "modes.png")
         if evaluate:
             gen = Generator(flow, target, cfg)
             summary.update(evaluate_generator(gen, test_ref, out_dir=out_dir, progress=progress))
@@ -165,6 +171,21 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         close = getattr(locals().get("target"), "close", None)
         if callable(close):
             close()
+
+
+def _check_ladder_end(cfg: Config, target) -> None:
+    from ..targets import target_temperature
+    temps = cfg.anneal.temperatures
+    if temps and abs(float(temps[-1]) - target_temperature(target)) > 1e-9 * target_temperature(target):
+        raise ConfigError(f"config key 'anneal.temperatures' must end at the target's temperature "
+                          f"{target_temperature(target)}, got {temps[-1]}")
+
+
+def _refresh_sampler(flow, cfg: Config):
+    """``n -> (x, log_q)`` for buffer refreshes, with ``buffer.divergence`` (None: the model's own)."""
+    if not isinstance(flow, ContinuousFlow):
+        return None
+    return lambda n: flow.sample(n, divergence=cfg.buffer.divergence)
 
 
 def read_metrics(path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Training loop for any density model: reverse KL and/or maximum likelihood, checkpoints that survive
+"""Training loop for any density model: reverse KL, maximum likelihood, flow matching and the data-free
+mass-covering objectives on a replay buffer (with temperature annealing); checkpoints that survive
 crashes, kills and signals.
 
 The :class:`Trainer` knows no config file. It takes a *model* (anything with ``sample(n) -> (x,
@@ -23,12 +24,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import previous_path, read_checkpoint, remove_temporary_files, save_checkpoint_atomic
-from ..config import TrainConfig
+from ..config import AnnealConfig, BufferConfig, FMConfig, TrainConfig
 from .. import distributed as dd
 from ..distributions import ReferenceData
 from ..errors import CheckpointError, RunFolderError
 from ..evaluation.metrics import ess
+from ..evaluation.modes import training_mode_populations
+from ..flows import ContinuousFlow
+from ..geometry import remove_mean
+from ..targets.tempered import TemperedEnergy
+from .annealing import TemperatureLadder
+from .buffer import ReplayBuffer
+from .flow_matching import align_pairs, draw_base, flow_matching_loss
 from .losses import maximum_likelihood_loss, reverse_kl_loss
+from .weighted import weighted_flow_matching_loss, weighted_maximum_likelihood_loss
 
 __all__ = ["Trainer", "TrainingInterrupted", "load_model_weights", "save_checkpoint_atomic", "make_scheduler", "seed_everything",
            "CHECKPOINT_FORMAT", "CHECKPOINT_NAME"]
@@ -91,7 +100,13 @@ def make_scheduler(optimizer, settings: TrainConfig):
 
 
 class Trainer:
-    """Fits a density model to a target by reverse KL (energy only) and/or maximum likelihood.
+    """Fits a density model to a target by any weighted sum of (``settings.*_weight``)
+
+    - ``kl_weight``: reverse KL, energy only;
+    - ``ml_weight``: maximum likelihood on reference samples ``train_data``;
+    - ``fm_data_weight``: flow matching on reference samples (no ODE solve);
+    - ``fm_weight``: importance-weighted flow matching on the replay buffer (data-free);
+    - ``iwml_weight``: importance-weighted maximum likelihood on the replay buffer (through the solver).
 
     Parameters
     ----------
@@ -112,6 +127,16 @@ class Trainer:
     metadata : plain data stored in every checkpoint (the run layer stores the config there)
     overwrite : allow a fresh run into a folder that already holds a checkpoint
     progress : show a tqdm bar
+    fm_settings : :class:`~eqflow.config.FMConfig` (alignment, permutation, ``sigma_min``, batch size)
+        of the flow-matching terms
+    buffer_settings : :class:`~eqflow.config.BufferConfig`; a :class:`ReplayBuffer` is kept when
+        ``fm_weight`` or ``iwml_weight`` is > 0
+    anneal_settings : :class:`~eqflow.config.AnnealConfig`; with ``temperatures`` the energies of every
+        term are those of the current rung, ``u_T = u · T_target / T`` (:class:`TemperedEnergy`); the
+        last rung must be the target's temperature (``target.temperature``, K, for molecules; 1 or
+        DW4's ``tau`` for particle systems). Rungs given by ``fractions`` are fractions of ``settings.steps``
+    sample_fn : ``n -> (x, log_q)`` used to refresh the buffer (default ``model.sample``), e.g.
+        ``lambda n: flow.sample(n, divergence="exact")`` for accurate importance weights
 
     Notes
     -----
@@ -131,13 +156,33 @@ class Trainer:
     ``settings.batch_size`` with its own seed stream, gradients are averaged over ranks before
     clipping, metrics are reduced over ranks, rank 0 alone writes files, signals stop all ranks at
     the same step boundary, and the checkpoint is the same whatever the number of ranks.
+
+    **Replay buffer.** Filled before the first step and refreshed at every step that is a multiple of
+    ``buffer_settings.refresh_every``, with ``refresh_samples`` samples of the current model drawn
+    under ``torch.no_grad()`` (no graph kept) and scored by the target at the current temperature. At
+    each refresh the buffer's ESS (raw and after clipping/tempering), its largest weight, the energies
+    of the new samples (reduced at the *target* temperature) and the mode populations of the new
+    samples, raw and reweighted (:func:`~eqflow.evaluation.modes.training_mode_populations`), go to
+    ``metrics.jsonl``. Every row also carries ``energy_evals`` (configurations scored by the target
+    so far: reverse-KL batches and refreshes, summed over ranks) and ``time``. On a rung change the
+    buffer is moved to the new temperature with ``reweight_temperature`` (energies rescaled, never
+    recomputed) and the row logs ``rung_change``. The buffer and the temperature are part of the
+    checkpoint; a step cut short by a signal leaves them as they were at its start, so resume is exact.
+
+    Under torchrun the buffer is **sharded per rank**: each rank refreshes its share of
+    ``refresh_samples`` with its own seed stream into its own buffer and draws its share of each
+    batch from it; buffer statistics are averaged over ranks. The checkpoint holds rank 0's buffer
+    only (it stays rank-independent in format) and on resume every rank starts from that buffer, so
+    with more than one rank a resumed run is not bitwise the uninterrupted one (with one rank it is).
     """
 
     def __init__(self, model, target, settings: TrainConfig | None = None, optimizer=None, out_dir=None,
                  train_data: ReferenceData | None = None, val_data: ReferenceData | None = None,
                  energy_cut: float = 1000.0, val_every: int = 0, val_samples: int = 200,
                  val_batch_size: int = 1000, val_log_prob=None, metadata: dict | None = None,
-                 overwrite: bool = False, progress: bool = True):
+                 overwrite: bool = False, progress: bool = True, fm_settings: FMConfig | None = None,
+                 buffer_settings: BufferConfig | None = None, anneal_settings: AnnealConfig | None = None,
+                 sample_fn=None):
         self.model, self.target = model, target
         self.settings = t = settings if settings is not None else TrainConfig()
         self.out_dir = Path(out_dir if out_dir is not None else "runs/untitled")
@@ -154,6 +199,29 @@ class Trainer:
         self.progress = progress
         if t.ml_weight > 0 and (train_data is None or len(train_data) == 0):
             raise ValueError("train.ml_weight > 0 but no reference samples were given for maximum likelihood")
+        if t.fm_data_weight > 0 and (train_data is None or len(train_data) == 0):
+            raise ValueError("train.fm_data_weight > 0 but no reference samples were given for flow matching")
+        if (t.fm_weight > 0 or t.fm_data_weight > 0) and not isinstance(model, ContinuousFlow):
+            raise ValueError(f"flow matching needs a ContinuousFlow, got {type(model).__name__}")
+        self.fm_settings = fm_settings if fm_settings is not None else FMConfig()
+        self.buffer_settings = bs = buffer_settings if buffer_settings is not None else BufferConfig()
+        # Every energy of training goes through this wrapper: the current rung's temperature, counted.
+        self.energy = TemperedEnergy(target)
+        self.ladder = _make_ladder(anneal_settings, t.steps)
+        if self.ladder is not None:
+            if not math.isclose(self.ladder.target, self.energy.t_target, rel_tol=1e-9):
+                raise ValueError(f"the annealing ladder ends at {self.ladder.target}, the target's temperature "
+                                 f"is {self.energy.t_target}: the last rung must be the target's")
+            self.energy.temperature = self.ladder.temperature_at(0)
+        self.buffer = None
+        if t.fm_weight > 0 or t.iwml_weight > 0:
+            self.buffer = ReplayBuffer(bs.capacity, temperature=self.energy.temperature,
+                                       clip_quantile=bs.clip_quantile, clip_log_ratio=bs.clip_log_ratio,
+                                       tempering=bs.tempering)
+        self.sample_fn = sample_fn if sample_fn is not None else model.sample
+        self.atom_types = getattr(target, "atom_types", None)
+        self.n_energy_evals = 0
+        self._step_start = None  # (temperature, buffer state) at the start of a step that changes them
         self.optimizer = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                                        lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, t)
@@ -191,6 +259,10 @@ class Trainer:
             "n_skipped": self.n_skipped,
             "n_dropped": self.n_dropped,
             "elapsed": self.elapsed,
+            "buffer": None if self.buffer is None else self.buffer.state_dict(),
+            "ladder": None if self.ladder is None else self.ladder.state_dict(),
+            "temperature": self.energy.temperature,
+            "n_energy_evals": self.n_energy_evals,
         }
 
     def save(self) -> Path:
@@ -221,6 +293,16 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.n_skipped = state["step"], state["n_skipped"]
         self.n_dropped, self.elapsed = state["n_dropped"], state["elapsed"]
+        if self.buffer is not None and state.get("buffer") is not None:
+            if int(state["buffer"]["capacity"]) != self.buffer.capacity:
+                raise RunFolderError(f"--resume: the checkpoint's replay buffer holds {int(state['buffer']['capacity'])} "
+                                     f"entries, buffer.capacity is {self.buffer.capacity}; keep it on resume")
+            self.buffer.load_state_dict(state["buffer"])
+        if self.ladder is not None and state.get("ladder") is not None:
+            # The ladder the run started with wins over an edited config: the rungs are part of the run.
+            self.ladder.load_state_dict(state["ladder"])
+        self.energy.temperature = float(state.get("temperature", self.energy.temperature))
+        self.n_energy_evals = int(state.get("n_energy_evals", 0))
         self._resumed = True
         if dd.is_main():
             self._truncate_metrics()
@@ -254,7 +336,7 @@ class Trainer:
         loss = 0.0
         record = {}
         if t.kl_weight > 0:
-            kl, stats = reverse_kl_loss(self.model, self.target, self._local_batch(t.batch_size), self.energy_cut,
+            kl, stats = reverse_kl_loss(self.model, self.energy, self._local_batch(t.batch_size), self.energy_cut,
                                         kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight)
             loss = loss + t.kl_weight * kl
             record.update({k: stats[k] for k in ("kinetic", "jacobian") if k in stats})
@@ -265,7 +347,116 @@ class Trainer:
             ml, stats = maximum_likelihood_loss(self.model, x)
             loss = loss + t.ml_weight * ml
             record.update(nll=stats["nll"], dropped=record.get("dropped", 0) + stats["n_dropped"])
+        if t.fm_weight > 0:
+            x1, log_w = self._buffer_draw(self._local_batch(self.fm_settings.batch_size))
+            fm, stats = self._flow_matching(x1, log_w)
+            loss = loss + t.fm_weight * fm
+            record["fm"] = stats["fm"]
+        if t.iwml_weight > 0:
+            x, log_w = self._buffer_draw(self._local_batch(t.ml_batch_size))
+            iwml, stats = weighted_maximum_likelihood_loss(self.model, x, log_w)
+            loss = loss + t.iwml_weight * iwml
+            record.update(iwml=stats["nll"], dropped=record.get("dropped", 0) + stats["n_dropped"])
+        if t.fm_data_weight > 0:
+            idx = torch.randint(len(self.train_data), (self._local_batch(self.fm_settings.batch_size),))
+            x1 = self.train_data.positions[idx].to(device=self._device(), dtype=self._dtype())
+            fm, stats = self._flow_matching(x1, None)
+            loss = loss + t.fm_data_weight * fm
+            record["fm_data"] = stats["fm"]
         return loss, record
+
+    def _buffer_draw(self, n: int):
+        """``(x [n, N, dim], log_w [n])`` from the buffer: by weight (then ``log_w = 0``: the draws are
+        already weighted) or uniformly with their controlled log weights (``buffer.resample``)."""
+        if self.buffer_settings.resample:
+            x, _ = self.buffer.sample(n, resample=True)
+            return x, torch.zeros(n, dtype=x.dtype, device=x.device)
+        x, idx = self.buffer.sample(n, resample=False)
+        return x, self.buffer.log_weights()[idx]
+
+    def _flow_matching(self, x1: torch.Tensor, log_w: torch.Tensor | None):
+        """Flow-matching loss of data ``x1`` against fresh base samples (per mixture component),
+        aligned as ``fm_settings`` says; importance-weighted when ``log_w`` is given."""
+        fm = self.fm_settings
+        x0, components = draw_base(self.model, x1.shape[0])
+        x0 = x0.to(x1.dtype)
+        if fm.align:
+            x1 = align_pairs(x0, x1, permute=fm.permute, atom_types=self.atom_types if fm.permute else None)
+        else:
+            x1 = remove_mean(x1)
+        kwargs = dict(components=components, sigma_min=fm.sigma_min)
+        if log_w is None:
+            return flow_matching_loss(self.model, x0, x1, **kwargs)
+        return weighted_flow_matching_loss(self.model, x0, x1, log_w, **kwargs)
+
+    # -- buffer and temperature --------------------------------------------------------------------
+    def _begin_step(self) -> dict:
+        """Move to this step's rung and refresh the buffer when due. Returns their log entries.
+
+        What it changes is remembered first (``_step_start``) so that a step cut short by a signal
+        can be undone (:meth:`_undo_step`) and the checkpoint holds the state from the step's start.
+        """
+        record = {}
+        temp = self.ladder.temperature_at(self.step) if self.ladder is not None else self.energy.temperature
+        rung_change = temp != self.energy.temperature
+        refresh = self.buffer is not None and (len(self.buffer) == 0
+                                               or self.step % self.buffer_settings.refresh_every == 0)
+        if rung_change or refresh:
+            self._step_start = (self.energy.temperature,
+                                None if self.buffer is None else self.buffer.state_dict())
+        if rung_change:
+            record.update(rung_change=1, previous_temperature=self.energy.temperature)
+            self.energy.temperature = temp
+            if self.buffer is not None:  # stored energies rescaled, never recomputed
+                self.buffer.reweight_temperature(temp)
+        if self.ladder is not None:
+            record["temperature"] = self.energy.temperature
+        if refresh:
+            record.update(self.refresh_buffer())
+        return record
+
+    def _undo_step(self) -> None:
+        if self._step_start is None:
+            return
+        temp, buf = self._step_start
+        self.energy.temperature = temp
+        if buf is not None:
+            self.buffer.load_state_dict(buf)
+        self._step_start = None
+
+    def refresh_buffer(self) -> dict:
+        """Add ``refresh_samples`` (this rank's share) samples of the current model to the buffer.
+
+        Sampled with ``sample_fn`` under ``torch.no_grad()`` in chunks of the training batch and scored
+        at the current temperature. Returns the log entries: buffer ESS (``buffer_ess``,
+        ``buffer_ess_raw``), largest self-normalized weight, size, dropped rows, energies of the new
+        samples (reduced at the target's temperature) and their mode populations.
+        """
+        n = self._local_batch(self.buffer_settings.refresh_samples)
+        chunk = max(1, self._local_batch(self.settings.batch_size))
+        xs, lqs, us = [], [], []
+        with torch.no_grad():
+            for i in range(0, n, chunk):
+                x, log_q = self.sample_fn(min(chunk, n - i))
+                xs.append(x.detach())
+                lqs.append(log_q.detach())
+                us.append(self.energy.energy(x.detach()).detach())
+        x, log_q, u = torch.cat(xs), torch.cat(lqs), torch.cat(us)
+        n_dropped = self.buffer.add(x, log_q, u)
+        st = self.buffer.stats()
+        ok = torch.isfinite(u) & torch.isfinite(log_q)
+        u_target = u[ok] / self.energy.factor
+        record = dict(buffer_ess=st["ess"], buffer_ess_raw=st["ess_raw"], buffer_max_weight=st["max_weight"],
+                      buffer_max_weight_raw=st["max_weight_raw"], buffer_size=float(st["size"]),
+                      buffer_dropped=n_dropped,
+                      refresh_energy_mean=float(u_target.mean()) if ok.any() else float("nan"),
+                      refresh_energy_min=float(u_target.min()) if ok.any() else float("nan"))
+        log_w = torch.where(ok, -u - log_q, torch.full_like(u, -float("inf")))
+        # log_w always given (all -inf gives zero weights): every rank logs the same keys.
+        modes = training_mode_populations(self.target, x.cpu(), log_w.cpu(),
+                                          reflection_symmetric=getattr(self.model, "reflection_symmetric", True))
+        record.update(modes)
+        return record
 
     def _dtype(self):
         return next(self.model.parameters()).dtype
@@ -281,7 +472,8 @@ class Trainer:
             record["ess_batch"] = ess(log_w.cpu().numpy()) if torch.isfinite(log_w).any() else 0.0
         if not self.dist.enabled:
             return record
-        counts = dd.all_reduce_sum({k: record[k] for k in ("dropped",) if k in record})
+        counts = dd.all_reduce_sum({k: record[k] for k in ("dropped", "buffer_dropped", "energy_evals_step")
+                                    if k in record})
         floats = dd.all_reduce_mean({k: v for k, v in record.items()
                                      if k not in counts and k != "ess_batch" and isinstance(v, float)})
         record.update(floats)
@@ -294,8 +486,13 @@ class Trainer:
         self.model.train()
         _seed_step(self.settings.seed, self.dist.rank, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, record = self.compute_loss()
+        evaluated = self.energy.n_evaluated
+        self._step_start = None
+        record = self._begin_step()
+        loss, terms = self.compute_loss()
+        record.update(terms)
         record["dropped"] = record.get("dropped", 0)
+        record["energy_evals_step"] = self.energy.n_evaluated - evaluated
         finite = bool(torch.isfinite(torch.as_tensor(loss)))
         if finite:
             loss.backward()
@@ -322,9 +519,11 @@ class Trainer:
                                         category=UserWarning)
                 self.scheduler.step()
             self.n_dropped += record["dropped"]
+            self.n_energy_evals += int(record.pop("energy_evals_step"))
             self.step += 1
+            self._step_start = None
         record.update(step=self.step, loss=float(loss.detach()) if torch.is_tensor(loss) else float(loss),
-                      grad_norm=grad_norm, lr=lr, skipped=int(skipped))
+                      grad_norm=grad_norm, lr=lr, skipped=int(skipped), energy_evals=self.n_energy_evals)
         if self.dist.enabled:
             record["loss"] = dd.all_reduce_mean({"loss": record["loss"]})["loss"]
         self._warn_if_many_skipped()
@@ -436,7 +635,8 @@ class Trainer:
                         if self.val_x is not None and self.step % self.val_every == 0:
                             record["val_nll"] = self.validation_nll()
                         if (self.step % t.log_every == 0 or self.step == t.steps or self.step == 1
-                                or "val_nll" in record or record["skipped"]):
+                                or "val_nll" in record or record["skipped"] or "buffer_ess" in record
+                                or "rung_change" in record):
                             log.write(json.dumps(record) + "\n")
                             log.flush()
                         bar.update(1)
@@ -447,18 +647,35 @@ class Trainer:
                                 self.save()
                 except _Stop as stop:
                     self.optimizer.zero_grad(set_to_none=True)  # a step cut short leaves no trace
+                    self._undo_step()
                     self.save()
                     raise TrainingInterrupted(self.step, stop.signum) from None
                 except KeyboardInterrupt:  # raised by other code (a library's own SIGINT handling)
                     self.optimizer.zero_grad(set_to_none=True)
+                    self._undo_step()
                     self.save()
                     raise TrainingInterrupted(self.step, signal.SIGINT) from None
         finally:
             bar.close()
         self.save()
+        if self.ladder is not None and self.energy.temperature != self.ladder.target and main:
+            warnings.warn(f"training stopped ({stop_reason}) at T = {self.energy.temperature}, before the annealing "
+                          f"ladder reached the target temperature {self.ladder.target}: the rungs follow train.steps, "
+                          "so lower train.steps (or use anneal.steps_per_rung) to fit the budget",
+                          RuntimeWarning, stacklevel=2)
         return {"steps": self.step, "stop_reason": stop_reason, "train_seconds": round(self.elapsed, 1),
                 "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped,
-                "world_size": self.dist.world_size}
+                "world_size": self.dist.world_size, "energy_evaluations": self.n_energy_evals,
+                "final_temperature": self.energy.temperature}
+
+
+def _make_ladder(anneal: AnnealConfig | None, total_steps: int) -> TemperatureLadder | None:
+    """The :class:`TemperatureLadder` of ``anneal`` (None without temperatures)."""
+    if anneal is None or anneal.temperatures is None:
+        return None
+    if anneal.fractions is not None:
+        return TemperatureLadder.from_fractions(anneal.temperatures, total_steps, anneal.fractions)
+    return TemperatureLadder(anneal.temperatures, anneal.steps_per_rung if anneal.steps_per_rung is not None else 0)
 
 
 class _Stop(BaseException):

@@ -70,3 +70,41 @@ def test_dw4_labels_separate_the_local_minima():
     assert found <= set(DW4_MINIMA) and len(found) >= 3
     for lab, e in zip(labels, energies):
         assert e.item() == pytest.approx(DW4_MINIMA[decode_contact_label(lab, 4)], abs=0.01)
+
+
+def test_training_mode_populations_dw4_and_lj():
+    from eqflow.evaluation.modes import training_mode_populations
+    from eqflow.targets import lj13
+    target = DoubleWell()
+    torch.manual_seed(0)
+    x = torch.randn(300, 4, 2) * 2.5
+    log_w = torch.randn(300)
+    log_w[:5] = -float("inf")
+    out = training_mode_populations(target, x, log_w)
+    raw = {k.split("/")[1]: v for k, v in out.items() if k.startswith("pop_raw/")}
+    rw = {k.split("/")[1]: v for k, v in out.items() if k.startswith("pop_rw/")}
+    assert set(raw) == set(rw) == {"0112", "1223", "1111", "2233", "1113", "other"}
+    assert abs(sum(raw.values()) - 1) < 1e-12 and abs(sum(rw.values()) - 1) < 1e-12
+    labels = dw4_mode_labels(x)
+    code = sum(d * 4 ** (3 - i) for i, d in enumerate((0, 1, 1, 2)))
+    assert raw["0112"] == pytest.approx(np.mean(labels == code))
+    assert training_mode_populations(lj13(), torch.randn(3, 13, 3)) == {}
+
+
+def test_training_mode_populations_alanine_fold_reflections():
+    from eqflow.evaluation.modes import training_mode_populations
+    from eqflow.targets import make_target
+    target = make_target("ala2_vacuum", n_workers=0)
+    try:
+        torch.manual_seed(0)
+        x = target.positions[None] - target.positions.mean(0) + 0.01 * torch.randn(50, 22, 3, dtype=torch.float64)
+        log_w = torch.randn(50, dtype=torch.float64)
+        out = training_mode_populations(target, x, log_w)
+        assert out["pop_raw/phi>0"] + out["pop_raw/phi<0"] == pytest.approx(1.0)
+        assert out["pop_rw/phi>0"] + out["pop_rw/phi<0"] == pytest.approx(1.0)
+        # A reflection-symmetric model's D samples are folded first: the mirror images count the same.
+        assert training_mode_populations(target, -x, log_w) == pytest.approx(out)
+        mirrored = training_mode_populations(target, -x, log_w, reflection_symmetric=False)
+        assert mirrored["pop_raw/phi>0"] == pytest.approx(out["pop_raw/phi<0"])
+    finally:
+        target.close()

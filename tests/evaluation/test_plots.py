@@ -13,3 +13,16 @@ def test_plots_write_files(tmp_path):
     assert plot_energy_histograms(u, lw, rng.normal(size=500), tmp_path / "e.png").stat().st_size > 0
     x = rng.normal(size=(200, 4, 2))
     assert plot_distance_histograms(x, None, x, tmp_path / "d.png").stat().st_size > 0
+
+
+def test_mode_diagnostics_plot(tmp_path):
+    from eqflow.evaluation import plots
+    recs = [{"step": i, "loss": 1.0, "time": 0.5 * i, "energy_evals": 64 * i} for i in range(1, 30)]
+    for i in range(0, 29, 5):
+        recs[i].update({"buffer_ess": 0.1 + 0.01 * i, "buffer_ess_raw": 0.05, "pop_raw/phi>0": 0.02,
+                        "pop_raw/phi<0": 0.98, "pop_rw/phi>0": 0.03, "pop_rw/phi<0": 0.97})
+    recs[5]["buffer_ess"] = float("nan")
+    assert plots.plot_mode_diagnostics(recs, tmp_path / "m" / "modes.png").stat().st_size > 0
+    # No mode keys (LJ): still written.
+    assert plots.plot_mode_diagnostics([{"step": 1, "time": 1.0, "energy_evals": 10, "buffer_ess": 0.5}],
+                                       tmp_path / "lj.png").stat().st_size > 0

@@ -66,6 +66,33 @@ def test_rank0_alone_writes_and_checkpoints_resume_across_world_sizes(tmp_path):
     assert [json.loads(line)["step"] for line in open(run / "metrics.jsonl")] == list(range(1, 8))
 
 
+def test_buffer_is_sharded_per_rank_and_rank0s_buffer_resumes(tmp_path):
+    d = json.loads(json.dumps(TINY))
+    d["train"].update(steps=3, kl_weight=0.5, fm_weight=1.0)
+    d["fm"] = {"batch_size": 16}
+    d["buffer"] = {"capacity": 100, "refresh_every": 2, "refresh_samples": 16}
+    d["anneal"] = {"temperatures": [2.0, 1.0], "steps_per_rung": 2}
+    cfg = tmp_path / "buffer.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    run = tmp_path / "run"
+    args = [ROOT / "scripts" / "train_eq.py", "--config", cfg, "--out", run, "--no-progress", "--no-eval"]
+    torchrun(2, *args)
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    # Refreshes before steps 0 and 2 (16 samples over both ranks) and 3 reverse-KL batches of 16 in all.
+    assert [r["step"] for r in rows if "buffer_ess" in r] == [1, 3]
+    assert rows[-1]["energy_evals"] == 2 * 16 + 3 * 16
+    assert [r["temperature"] for r in rows] == [2.0, 2.0, 1.0]
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["buffer"]["size"] == 2 * 8 and state["temperature"] == 1.0  # rank 0's share of each refresh
+    d["train"]["steps"] = 5
+    cfg.write_text(yaml.safe_dump(d))
+    r = subprocess.run([sys.executable, *map(str, args), "--resume"], capture_output=True, text=True, env=ENV,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["step"] == 5 and state["buffer"]["size"] == 16 + 16  # one more refresh (step 4), one rank
+
+
 def test_scaling_table_efficiency():
     from eqflow.benchmark_scaling import scaling_table
     rows = [{"world": 1, "system": "dw4", "batch": 256, "seconds_per_step": 1.0, "samples_per_second": 100.0},
