@@ -1,31 +1,47 @@
 #!/usr/bin/env bash
-# One prepared device check (about 8 minutes on one GPU): Hutchinson vs exact divergence timings
-# on the GPU, then a short data-free LJ55 run with its evaluation. Results go under $OUT (default
-# runs/gpu_check). Usage, from the repository root on a machine with CUDA and eqflow's dependencies:
-#     bash scripts/gpu_check.sh
+# One prepared device check (about 3 minutes on one GPU): the e3nn field's cuequivariance backend
+# against the e3nn path on CUDA, then EGNN vs e3nn (vs cueq) field costs at LJ13/alanine/LJ55 sizes.
+# Run from the repository root on a machine with CUDA, torch, e3nn and torchdiffeq. cuequivariance
+# wheels (cuequivariance, cuequivariance-torch) may come in .whl/ (the device tool carries them);
+# its GPU kernels (cuequivariance-ops-torch-cu13, 70 MB with its ops package) do not fit the
+# carry limit, so the cueq rows use its pure-torch path. Results go under $OUT (default runs/gpu_check).
+# The divergence benchmark and its results: scripts/gpu_div_check.sh, docs/results.md.
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 exec > >(tee "$OUT/gpu_check.log") 2>&1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-$PY -c "import torch, e3nn, torchdiffeq; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0))"
+$PY -c "import torch, e3nn; print('torch', torch.__version__, 'e3nn', e3nn.__version__, torch.cuda.get_device_name(0))"
 
-echo "== smoke: LJ55, 2 steps on cuda"
-timeout 90 $PY scripts/train_eq.py --config configs/lj55.yaml --device cuda --out /tmp/lj55_smoke \
-  --set train.steps=2 eval.n_samples=64 eval.nll_samples=16 eval.solver_check=16 2>&1 | tail -4
+echo "== cueq backend equals the e3nn path on CUDA (float64, same weights)"
+timeout 60 $PY - <<'PY'
+import torch
+from eqflow.nn import E3NNField, cueq_available
+print("cuequivariance available:", cueq_available())
+if cueq_available():
+    torch.manual_seed(0)
+    dev = "cuda"
+    a = E3NNField(dim=3, n_node_features=4).double().to(dev)
+    b = E3NNField(dim=3, n_node_features=4, backend="cueq").double().to(dev)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(8, 22, 3, dtype=torch.float64, device=dev, requires_grad=True)
+    h = torch.nn.functional.one_hot(torch.randint(0, 4, (22,), device=dev), 4).double()[None].expand(8, -1, -1)
+    t = torch.rand(8, dtype=torch.float64, device=dev)
+    va, vb = a(t, x, h), b(t, x, h)
+    (ga,) = torch.autograd.grad(va.pow(2).sum(), x)
+    (gb,) = torch.autograd.grad(vb.pow(2).sum(), x)
+    print(f"max |v_e3nn - v_cueq| = {float((va - vb).abs().max()):.2e}, grads {float((ga - gb).abs().max()):.2e}")
+    assert float((va - vb).abs().max()) < 1e-9 and float((ga - gb).abs().max()) < 1e-8
+    print("cueq == e3nn on CUDA: ok")
+PY
 
-echo "== divergence benchmark on the GPU (EGNN hidden 32, 3 layers, rk4, adjoint for revkl)"
-timeout 120 $PY scripts/bench_divergence.py --device cuda --systems 22x3 55x3 --batches 256 --steps 4 \
-  --exact-micro-batch 256 --timeout 40
-
-echo "== LJ55 data-free, 3 minutes of training on the GPU"
-timeout 240 $PY scripts/train_eq.py --config configs/lj55.yaml --device cuda --out "$OUT/lj55" \
-  --set train.budget_minutes=3 train.batch_size=256 eval.n_samples=2000 eval.batch_size=1000 \
-  eval.nll_samples=500 eval.n_steps=16 2>&1 | grep -v "it/s"
-
-echo "== LJ55 exact-divergence evaluation (500 samples, rk4 8 steps)"
-timeout 60 $PY scripts/evaluate.py "$OUT/lj55" --divergence exact --n 500 --n-steps 8 --out /tmp/lj55_exact \
-  2>&1 | grep -v "it/s"
+echo "== field costs on the GPU (batch 64; ms are medians)"
+timeout 120 $PY scripts/bench_fields.py --device cuda --systems lj13 ala2 lj55 --reps 5 \
+  $($PY -c "from eqflow.nn import cueq_available; print('--cueq' if cueq_available() else '')")
 echo "== done"
