@@ -5,7 +5,7 @@ from eqflow.config import ConfigError, apply_overrides, config_from_dict, load_c
 
 def test_shipped_configs_load():
     for name in ["dw4", "lj13", "lj55", "ala2_vacuum", "ala2_implicit", "ala2_ml", "lj13_e3nn", "ala2_implicit_e3nn",
-                 "ala2_fm", "dw4_fm", "ala2_implicit_fm"]:
+                 "ala2_fm", "dw4_fm", "ala2_implicit_fm", "ala2_ic", "ala2_ml_e3nn"]:
         cfg = load_config(f"configs/{name}.yaml")
         assert cfg.train.steps > 0
 
