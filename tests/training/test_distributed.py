@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from eqflow.fault_check import TINY  # the tiny DW4 run the fault checks use too
 from eqflow.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "target": {"name": "dw4", "reference": None},
-    "field": {"hidden": 8, "n_layers": 2},
-    "flow": {"solver": "rk4", "n_steps": 2, "base_scale": 2.0},
-    "train": {"steps": 3, "batch_size": 16, "lr": 1e-2, "checkpoint_every": 100, "log_every": 1,
-              "lr_schedule": "constant"},
-    "eval": {"n_samples": 32, "batch_size": 32, "nll_samples": 0, "solver_check": 0},
-}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

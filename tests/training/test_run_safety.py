@@ -15,20 +15,13 @@ import yaml
 
 from eqflow import load_checkpoint
 from eqflow.builders import build_flow, build_target
+from eqflow.fault_check import TINY  # the tiny DW4 run the fault checks use too
 from eqflow.checkpoint import previous_path, read_checkpoint, save_checkpoint_atomic
 from eqflow.config import ConfigError, config_from_dict, config_to_dict
 from eqflow.errors import CheckpointError, RunFolderError
 from eqflow.training import Trainer, TrainingInterrupted, run_training
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "target": {"name": "dw4", "reference": None},
-    "field": {"hidden": 8, "n_layers": 2},
-    "flow": {"solver": "rk4", "n_steps": 2, "base_scale": 2.0},
-    "train": {"steps": 6, "batch_size": 16, "lr": 1e-2, "checkpoint_every": 100, "log_every": 1,
-              "lr_schedule": "constant"},
-    "eval": {"n_samples": 32, "batch_size": 32, "nll_samples": 0, "solver_check": 0},
-}
 
 
 def tiny(**train):
