@@ -31,7 +31,8 @@ def test_compare_ic_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     table = r.stdout
     for label in ("ESS", "NLL on MD reference", "ΔF(phi) reweighted", "Ramachandran KL", "fraction of D samples",
-                  "seconds per training step", "samples/s with log weights", "energy evaluations"):
+                  "P(phi>0) raw", "P(alphaR) reweighted", "seconds per training step", "samples/s with log weights",
+                  "energy evaluations"):
         assert label in table, table
     res = json.loads((out / "comparison.json").read_text())
     assert res["ic"]["model"] == "ICFlow" and res["eqflow"]["model"] == "MixtureFlow"
