@@ -84,7 +84,7 @@ def compare_runs(runs: dict, reference, out_dir=None, n_samples: int | None = No
 
     Returns name -> metrics (``evaluate_generator``'s, plus the costs of the run and
     ``delta_f_error``). With ``out_dir``, each model's plots go to ``out_dir/<name>/`` and
-    ``ramachandran_compare.png`` shows the models (reweighted) beside the reference.
+    ``ramachandran_compare.png`` shows the models (raw and reweighted) beside the reference.
     """
     from .evaluation.ramachandran import phi_psi, plot_ramachandran
 
@@ -110,6 +110,7 @@ def compare_runs(runs: dict, reference, out_dir=None, n_samples: int | None = No
             log_w = -u - log_q
             w = torch.softmax(torch.where(torch.isfinite(log_w), log_w, -torch.inf), 0).numpy()
             phi, psi = phi_psi(x, phi=dih["phi"], psi=dih["psi"])
+            panels[f"{name} (raw)"] = (phi, psi, None)
             panels[f"{name} (reweighted)"] = (phi, psi, w)
     if panels and reference is not None and len(reference):
         dih = target.dihedrals

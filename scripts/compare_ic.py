@@ -10,7 +10,7 @@ for the same wall-clock budget, in parallel processes with one thread each unles
 then evaluates both on the same held-out MD frames and prints one table: ESS, NLL (same measure),
 ΔF(phi) and its error with bootstrap error bar, Ramachandran KL, basin populations, fraction of D
 samples, seconds per step, samples per second with log weights, energy evaluations. The figure
-ramachandran_compare.png (models reweighted, MD reference) goes to --out.
+ramachandran_compare.png (models raw and reweighted, MD reference) goes to --out.
 """
 import argparse
 import json
