@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["FaultResult", "FAULTS", "run_fault_checks", "format_fault_table"]
+__all__ = ["FaultResult", "FAULTS", "run_fault_checks", "format_fault_table", "TINY", "tiny_config", "tiny_trainer"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,14 +69,16 @@ def _configs(mol, n: int, seed: int) -> torch.Tensor:
     return mol.positions[None] + 0.01 * torch.randn((n, mol.n_atoms, 3), dtype=torch.float64, generator=g)
 
 
-def _tiny_cfg(**train):
+def tiny_config(**train):
+    """:data:`TINY` with ``train`` keys replaced, as a Config (also used by the tests)."""
     from .config import config_from_dict
     d = json.loads(json.dumps(TINY))
     d["train"].update(train)
     return config_from_dict(d)
 
 
-def _tiny_trainer(cfg, out, target=None):
+def tiny_trainer(cfg, out, target=None):
+    """A Trainer of ``cfg``'s flow (seeded) writing to ``out``, with the config as metadata."""
     from .builders import build_flow, build_target
     from .config import config_to_dict
     from .training import Trainer
@@ -279,7 +281,7 @@ def _fresh_into_existing(tmp):
 def _corrupt_checkpoint(tmp):
     from . import load_checkpoint
     from .errors import CheckpointError
-    tr = _tiny_trainer(_tiny_cfg(steps=2), tmp)
+    tr = tiny_trainer(tiny_config(steps=2), tmp)
     tr.train()
     data = bytearray(tr.checkpoint_path.read_bytes())
     rng = np.random.default_rng(0)
@@ -316,10 +318,10 @@ def _unsafe_checkpoint(tmp):
 @_fault("damaged newest checkpoint on --resume", "falls back to the previous checkpoint, with a warning")
 def _fallback(tmp):
     import warnings
-    tr = _tiny_trainer(_tiny_cfg(steps=4, checkpoint_every=2), tmp)
+    tr = tiny_trainer(tiny_config(steps=4, checkpoint_every=2), tmp)
     tr.train()
     tr.checkpoint_path.write_bytes(b"garbage")
-    again = _tiny_trainer(_tiny_cfg(steps=6, checkpoint_every=2), tmp)
+    again = tiny_trainer(tiny_config(steps=6, checkpoint_every=2), tmp)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again.load()
@@ -329,21 +331,21 @@ def _fallback(tmp):
 
 @_fault("temporary file left by a write killed with kill -9", "removed when the folder is used again")
 def _temp_files(tmp):
-    tr = _tiny_trainer(_tiny_cfg(steps=2), tmp)
+    tr = tiny_trainer(tiny_config(steps=2), tmp)
     tr.train()
     dead = tmp / ".checkpoint.pt.tmp-999999999-abc123.pt"
     dead.write_bytes(b"partial")
-    _tiny_trainer(_tiny_cfg(steps=2), tmp)
+    tiny_trainer(tiny_config(steps=2), tmp)
     return f"left behind: {dead.exists()}", not dead.exists()
 
 
 @_fault("metrics line cut short by a kill", "tolerated on --resume")
 def _truncated_metrics(tmp):
-    tr = _tiny_trainer(_tiny_cfg(steps=3, checkpoint_every=3), tmp)
+    tr = tiny_trainer(tiny_config(steps=3, checkpoint_every=3), tmp)
     tr.train()
     with open(tr.metrics_path, "a") as fh:
         fh.write('{"step": 4, "loss": 1.2')
-    again = _tiny_trainer(_tiny_cfg(steps=5), tmp)
+    again = tiny_trainer(tiny_config(steps=5), tmp)
     again.load()
     again.train()
     steps = [json.loads(line)["step"] for line in open(tr.metrics_path)]
@@ -355,9 +357,9 @@ def _truncated_metrics(tmp):
 def _sigterm_resume(tmp):
     from .builders import build_target
     from .training import TrainingInterrupted
-    full = _tiny_trainer(_tiny_cfg(steps=6), tmp / "full")
+    full = tiny_trainer(tiny_config(steps=6), tmp / "full")
     full.train()
-    cfg = _tiny_cfg(steps=6)
+    cfg = tiny_config(steps=6)
     target = build_target(cfg)
     energy, calls = target._energy, {"n": 0}
 
@@ -368,14 +370,14 @@ def _sigterm_resume(tmp):
         return energy(x)
 
     target._energy = energy_then_sigterm
-    part = _tiny_trainer(cfg, tmp / "part", target=target)
+    part = tiny_trainer(cfg, tmp / "part", target=target)
     try:
         part.train()
         return "not interrupted", False
     except TrainingInterrupted as stop:
         line = str(stop)
     target._energy = energy
-    resumed = _tiny_trainer(cfg, tmp / "part")
+    resumed = tiny_trainer(cfg, tmp / "part")
     resumed.load()
     resumed.train()
     diff = float(np.max(np.abs(np.subtract(_losses(resumed.metrics_path), _losses(full.metrics_path)))))
@@ -439,7 +441,7 @@ def _cli_errors(tmp):
 @_fault("non-finite positions to log_prob; sample(0)", "ValueError naming it; empty tensors")
 def _bad_positions(tmp):
     from .builders import build_flow, build_target
-    cfg = _tiny_cfg()
+    cfg = tiny_config()
     flow = build_flow(cfg, build_target(cfg))
     x, lq = flow.sample(0)
     x3 = flow.sample(3)[0].detach()

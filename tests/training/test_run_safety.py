@@ -14,27 +14,14 @@ import torch
 import yaml
 
 from eqflow import load_checkpoint
-from eqflow.builders import build_flow, build_target
-from eqflow.fault_check import TINY  # the tiny DW4 run the fault checks use too
+from eqflow.builders import build_target
+from eqflow.fault_check import TINY, tiny_config as tiny, tiny_trainer as trainer  # shared with the fault checks
 from eqflow.checkpoint import previous_path, read_checkpoint, save_checkpoint_atomic
-from eqflow.config import ConfigError, config_from_dict, config_to_dict
+from eqflow.config import ConfigError, config_from_dict
 from eqflow.errors import CheckpointError, RunFolderError
-from eqflow.training import Trainer, TrainingInterrupted, run_training
+from eqflow.training import TrainingInterrupted, run_training
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny(**train):
-    d = json.loads(json.dumps(TINY))
-    d["train"].update(train)
-    return config_from_dict(d)
-
-
-def trainer(cfg, out, target=None):
-    torch.manual_seed(cfg.train.seed)
-    target = target or build_target(cfg)
-    return Trainer(build_flow(cfg, target), target, cfg.train, out_dir=out, progress=False,
-                   metadata={"config": config_to_dict(cfg)})
 
 
 def losses(path):
