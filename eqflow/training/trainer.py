@@ -81,15 +81,25 @@ def _seed_step(seed: int, rank: int, step: int) -> None:
     random.seed(s)
 
 
-def make_scheduler(optimizer, settings: TrainConfig):
-    """Linear warm-up, then constant, cosine (to ``lr_final``) or exponential (to ``lr_final``)."""
+def make_scheduler(optimizer, settings: TrainConfig, clock=None):
+    """Linear warm-up, then constant, cosine (to ``lr_final``) or exponential (to ``lr_final``).
+
+    ``clock`` (``train.lr_clock: time``) returns the training seconds so far: the schedule's progress
+    is then the larger of ``step / steps`` and ``seconds / budget``, so a run that a busy machine
+    slows down still reaches ``lr_final`` when its wall-clock budget ends (with a step clock it
+    would stop half-way down the cosine). Under torchrun the seconds are the ranks' agreed value,
+    so every rank uses the same learning rate.
+    """
     t = settings
     floor = t.lr_final / t.lr
+    budget = None if t.budget_minutes is None else 60.0 * t.budget_minutes
 
     def factor(step: int) -> float:
         if t.warmup_steps and step < t.warmup_steps:
             return (step + 1) / t.warmup_steps
         progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        if clock is not None and budget:
+            progress = max(progress, min(1.0, clock() / budget))
         if t.lr_schedule == "cosine":
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         if t.lr_schedule == "exponential":
@@ -224,7 +234,9 @@ class Trainer:
         self._step_start = None  # (temperature, buffer state) at the start of a step that changes them
         self.optimizer = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                                        lr=t.lr, weight_decay=t.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, t)
+        self._clock_seconds = 0.0  # training seconds agreed by all ranks at the last step boundary
+        self.scheduler = make_scheduler(self.optimizer, t,
+                                        clock=(lambda: self._clock_seconds) if t.lr_clock == "time" else None)
         self.step = 0
         self.n_skipped = 0
         self.n_dropped = 0
@@ -620,6 +632,7 @@ class Trainer:
                         log.write(json.dumps({"step": 0, "val_nll": self.validation_nll()}) + "\n")
                     while self.step < t.steps:
                         signum, elapsed = self._agree(self.elapsed + last_step)
+                        self._clock_seconds = elapsed
                         if signum is not None:
                             raise _Stop(signum)
                         if budget is not None and elapsed > budget:
