@@ -27,7 +27,7 @@ __all__ = ["run_training", "resolve_reference", "prepare_run_folder", "check_dev
 PARTICLE_SYSTEMS = ("dw4", "lj13", "lj55")
 
 
-def resolve_reference(cfg: Config, target=None):
+def resolve_reference(cfg: Config, target=None, progress: bool = True):
     """Load ``cfg.target.reference`` and split it: ``(train, test)`` or ``(None, None)``.
 
     ``"auto"`` generates (once) and caches an MCMC reference for the particle systems; for other
@@ -41,7 +41,8 @@ def resolve_reference(cfg: Config, target=None):
             warnings.warn(f"no automatic reference for target {cfg.target.name!r}: set target.reference to a "
                           "trajectory (scripts/simulate_md.py) for reference metrics", stacklevel=2)
             return None, None
-        path = ensure_particle_reference(cfg.target.name, cache_dir=cfg.target.reference_cache)
+        path = ensure_particle_reference(cfg.target.name, cache_dir=cfg.target.reference_cache,
+                                         progress=progress)
     else:
         path = Path(ref)
         if not path.exists():
@@ -133,7 +134,7 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
     try:
         target = build_target(cfg)
         flow = build_model(cfg, target).to(device)
-        train_ref, test_ref = resolve_reference(cfg, target)
+        train_ref, test_ref = resolve_reference(cfg, target, progress=progress)
         if train_ref is not None:
             train_ref.positions = train_ref.positions.to(_dtype(cfg))
         if test_ref is not None:
