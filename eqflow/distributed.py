@@ -13,6 +13,7 @@ before logging; rank 0 alone writes files; a checkpoint does not depend on the n
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,7 +23,7 @@ import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "dist_info", "is_main", "world_size", "rank", "barrier",
            "all_reduce_gradients", "all_reduce_mean", "all_reduce_sum", "all_gather_cat", "step_seed",
-           "shard_sizes", "close_distributed"]
+           "shard_sizes", "close_distributed", "process_group", "rank_device"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,26 @@ def dist_info() -> DistInfo:
 def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str = "cpu", timeout_s: float = 600.0):
+    """``with process_group(device) as info:`` joins the process group (:func:`init_distributed`) and
+    leaves it on exit, also on errors: the body of a script run by torchrun or alone."""
+    info = init_distributed(device, timeout_s)
+    try:
+        yield info
+    finally:
+        close_distributed()
+
+
+def rank_device(device: str, info: DistInfo | None = None) -> str:
+    """The device of this rank: ``cuda:LOCAL_RANK`` for ``cuda`` under torchrun (one GPU per rank),
+    else ``device`` unchanged."""
+    info = info or dist_info()
+    if info.enabled and str(device).startswith("cuda"):
+        return f"cuda:{info.local_rank}"
+    return device
 
 
 def world_size() -> int:

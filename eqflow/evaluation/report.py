@@ -8,23 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed as dd
 from .metrics import distance_histogram_distance, energy_w1, ess, log_weights, nll, self_normalized_weights
+from .sampling import (draw_samples, energies_in_batches, fold_samples, gather_samples, is_molecule, load_samples,
+                       shard_seed)
 
-__all__ = ["evaluate_generator", "format_summary", "energies_in_batches", "solver_check", "fold_samples"]
-
-
-def energies_in_batches(target, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Raw reduced energies ``[n]`` of ``x`` ``[n, N, dim]`` without autograd."""
-    with torch.no_grad():
-        return torch.cat([target.energy(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-
-
-def _is_molecule(target) -> bool:
-    return getattr(target, "dihedrals", None) is not None and getattr(target, "topology", None) is not None
+__all__ = ["evaluate_generator", "format_summary", "save_summary", "energies_in_batches", "solver_check",
+           "fold_samples"]
 
 
 def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None = None,
-                       nll_samples: int | None = None, plots: bool = True, progress: bool = False) -> dict:
+                       nll_samples: int | None = None, plots: bool = True, progress: bool = False,
+                       samples: dict | str | Path | None = None, seed: int | None = None,
+                       distributed: bool = False) -> dict | None:
     """All DESIGN.md metrics of a :class:`~eqflow.generator.Generator`: any model of the protocol
     (:mod:`eqflow.models`) with its target, from a config or built by hand.
 
@@ -41,6 +37,17 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
     out_dir : folder for plots (``energy_hist.png``, ``distance_hist.png`` or ``ramachandran.png``)
     n_samples : model samples (default ``eval.n_samples``, else 10,000)
     nll_samples : reference samples scored for the NLL (default ``eval.nll_samples``, else 2,000)
+    samples : score this sample set instead of drawing ``n_samples``: a dict of
+        :mod:`~eqflow.evaluation.sampling` (already folded) or the path of a ``scripts/sample.py``
+        file (distributed: read by rank 0 alone)
+    seed : seed the RNG first (:func:`~eqflow.evaluation.sampling.shard_seed`: ``torch.manual_seed(seed)``
+        in one process, so the draw is that of ``sample.py --seed``); None uses the current RNG
+    distributed : under torchrun (process group joined), call on every rank: each rank draws its
+        share of ``n_samples`` from its own stream (``seed`` required) and scores its share of the
+        NLL reference points; samples and reference log-densities are gathered to rank 0 before
+        any metric, so rank 0 computes the numbers one process would on the same samples. Only
+        rank 0 returns metrics and writes plots; the others return None. False (default) keeps
+        everything in this process even when a process group exists (training's rank-0 evaluation).
 
     Returns
     -------
@@ -50,13 +57,34 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
     ``rama_kl`` — the reference's own values alongside (``ref_*``).
     """
     cfg = gen.config
-    n_samples = n_samples or (cfg.eval.n_samples if cfg is not None else 10000)
+    info = dd.dist_info() if distributed else dd.DistInfo()
     if nll_samples is None:
         nll_samples = cfg.eval.nll_samples if cfg is not None else 2000
     n_check = (cfg.eval.solver_check if cfg is not None else 200) if gen.solver is not None else 0
-    x, log_q = gen.sample(n_samples, progress=progress)
-    x, log_q = x.cpu(), log_q.cpu()  # metrics, energies of CPU targets and plots work on the host
-    molecule = _is_molecule(gen.target)
+    if seed is not None:
+        torch.manual_seed(shard_seed(seed, info.rank, info.world_size))
+    if isinstance(samples, (str, Path)):
+        samples = load_samples(samples) if info.is_main else {}
+    if samples is None:
+        n_samples = n_samples or (cfg.eval.n_samples if cfg is not None else 10000)
+        if seed is None and info.enabled:
+            raise ValueError("distributed evaluation needs a seed: every rank must draw different samples")
+        samples = draw_samples(gen, dd.shard_sizes(n_samples, info.world_size)[info.rank],
+                               progress=progress and info.is_main)
+        if info.enabled:
+            samples = gather_samples(samples)
+    lq_ref = None
+    if reference is not None and len(reference) and nll_samples:
+        xr = reference.positions[:nll_samples]
+        bounds = np.cumsum([0] + dd.shard_sizes(len(xr), info.world_size))
+        lq_ref = gen.log_prob(xr[bounds[info.rank]:bounds[info.rank + 1]])
+        if info.enabled:
+            lq_ref = dd.all_gather_cat(lq_ref)
+    if not info.is_main:
+        return None
+    x, log_q, u = samples["x"], samples["log_q"], samples["u"]
+    n_samples = len(x)
+    molecule = is_molecule(gen.target)
     out = {"n_samples": n_samples, "model": type(gen.model).__name__,
            "eval_solver": gen.solver.label if gen.solver is not None else "none",
            "eval_divergence": gen.eval_divergence() if gen.solver is not None else "none"}
@@ -64,9 +92,7 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
         out.update(solver_check(gen, min(n_check, n_samples)))
     symmetric = gen.reflection_symmetric
     centers = getattr(gen.target, "chiral_centers", None) or []
-    x, log_q, chir = fold_samples(gen, x, log_q)
-    out.update(chir)
-    u = energies_in_batches(gen.target, x, gen.batch_size)
+    out.update({k: samples[k] for k in ("d_fraction", "stereo_mismatch_fraction", "folded") if k in samples})
     log_w, n_bad = log_weights(u, log_q, return_count=True)
     w = self_normalized_weights(log_w)
     finite_u = u[torch.isfinite(u)]
@@ -81,9 +107,7 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
         out["energy_w1_reweighted"] = energy_w1(u.numpy()[ok], u_ref, weights=w[ok])
         out["distance_tv_raw"] = distance_histogram_distance(x, reference.positions)
         out["distance_tv_reweighted"] = distance_histogram_distance(x, reference.positions, weights=w)
-        if nll_samples:
-            xr = reference.positions[:nll_samples]
-            lq_ref = gen.log_prob(xr)
+        if lq_ref is not None:
             if molecule and centers and symmetric:  # the reference is L only; folded density is 2q there
                 lq_ref = lq_ref + math.log(2.0)
             out["nll"] = nll(lq_ref)
@@ -97,23 +121,6 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
             if not molecule:
                 plot_distance_histograms(x, log_w, reference.positions, out_dir / "distance_hist.png")
     return out
-
-
-def fold_samples(gen, x: torch.Tensor, log_q: torch.Tensor | None):
-    """Samples of ``gen`` as evaluation sees them: for a chiral molecule and a reflection-symmetric
-    model, mirror images folded onto the target's own enantiomer with ``log q + log 2``; otherwise
-    unchanged. Returns ``(x, log_q, stats)`` with ``d_fraction`` (before folding),
-    ``stereo_mismatch_fraction`` and ``folded`` (empty stats for targets without chiral centres)."""
-    centers = getattr(gen.target, "chiral_centers", None) or []
-    if not _is_molecule(gen.target) or not centers:
-        return x, log_q, {}
-    from .chirality import fold_to_reference, l_sign
-    signs = getattr(gen.target, "chiral_signs", None) or [l_sign(None, c, nb) for c, nb in centers]
-    x_f, log_q_f, stats = fold_to_reference(x, log_q, centers, signs)
-    stats["folded"] = bool(gen.reflection_symmetric)
-    if stats["folded"]:
-        return x_f, log_q_f, stats
-    return x, log_q, stats
 
 
 def solver_check(gen, n: int, seed: int = 0) -> dict:

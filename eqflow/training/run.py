@@ -119,9 +119,7 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
     """
     check_device(cfg.train.device)
     info = dd.init_distributed(cfg.train.device)
-    device = cfg.train.device
-    if info.enabled and info.backend == "nccl":
-        device = f"cuda:{info.local_rank}"
+    device = dd.rank_device(cfg.train.device, info)
     if info.is_main:
         out_dir = prepare_run_folder(out_dir, cfg, resume, overwrite)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
