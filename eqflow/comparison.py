@@ -119,10 +119,11 @@ def compare_runs(runs: dict, reference, out_dir=None, n_samples: int | None = No
     return out
 
 
-def format_comparison(results: dict, title: str = "comparison") -> str:
-    """One table: a row per metric of :data:`COMPARISON_ROWS`, a column per model."""
+def format_comparison(results: dict, title: str = "comparison", rows=None) -> str:
+    """One table: a row per metric of ``rows`` (``(key, label)`` pairs, default :data:`COMPARISON_ROWS`)
+    present in any of the results, a column per model."""
     names = list(results)
-    rows = [(label, [results[n].get(key, "") for n in names]) for key, label in COMPARISON_ROWS
+    rows = [(label, [results[n].get(key, "") for n in names]) for key, label in (rows or COMPARISON_ROWS)
             if any(key in results[n] for n in names)]
 
     def fmt(v):
