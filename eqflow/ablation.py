@@ -15,7 +15,7 @@ Variant sets (:data:`VARIANT_SETS`; or a YAML file, :func:`load_variant_set`):
   to ``fm`` each; ``best``: all of them together (``ala2_implicit_fm.yaml`` + a 2-component mixture).
 - ``dw4``: the same ladder on DW4 (no harmonic base: particles have no bonds); minutes, not hours.
 
-Every variant of a set also gets the set's ``common`` overrides (``train.lr_clock=time``: the learning
+Every variant of a set also gets the set's ``common`` overrides (``train.schedule_clock=time``: the learning
 rate schedule follows the wall-clock budget, so each variant ends at ``lr_final`` whatever its speed;
 for alanine ``eval.divergence=auto``: one evaluation divergence for all, exact on a GPU and Hutchinson
 on a CPU) and the budget (``train.budget_minutes``).
@@ -93,7 +93,7 @@ _ALA2 = VariantSet("ala2", (
             "fm + 2-component mixture base"),
     Variant("fm+harmonic", _ALA_FM, _NO_ANNEAL, "fm + harmonic (bond-graph) base"),
     Variant("best", _ALA_FM, ("flow.n_components=2",), "fm + annealing + harmonic 2-component mixture"),
-), common=("train.lr_clock=time", "eval.divergence=auto"),
+), common=("train.schedule_clock=time", "eval.divergence=auto"),
     description="alanine dipeptide, implicit solvent (amber96_obc), 300 K, data-free")
 
 _DW4_FM = "configs/dw4_fm.yaml"
@@ -103,7 +103,7 @@ _DW4 = VariantSet("dw4", (
     Variant("fm+anneal", _DW4_FM, (), "fm + annealing tau 3 -> 1.7 -> 1"),
     Variant("fm+mixture", _DW4_FM, _NO_ANNEAL + ("flow.n_components=2",), "fm + 2-component mixture base"),
     Variant("best", _DW4_FM, ("flow.n_components=2",), "fm + annealing + 2-component mixture"),
-), common=("train.lr_clock=time",), description="DW4, data-free")
+), common=("train.schedule_clock=time",), description="DW4, data-free")
 
 VARIANT_SETS = {"ala2": _ALA2, "dw4": _DW4}
 
@@ -112,7 +112,7 @@ def load_variant_set(name_or_path) -> VariantSet:
     """A built-in set (:data:`VARIANT_SETS`) or a YAML file of the form::
 
         description: my ablation            # optional
-        common: [train.lr_clock=time]       # optional, applied to every variant
+        common: [train.schedule_clock=time]       # optional, applied to every variant
         variants:
           - {name: rkl, config: configs/dw4.yaml, overrides: [], description: plain reverse KL}
           - {name: fm, config: configs/dw4_fm.yaml, overrides: [anneal.temperatures=null, ...]}

@@ -84,7 +84,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"   # constant | cosine | exponential
     lr_final: float = 1e-5        # cosine floor / exponential end value
     warmup_steps: int = 0
-    lr_clock: str = "steps"       # steps | time: schedule progress max(step/steps, elapsed/budget) (needs budget_minutes)
+    schedule_clock: str = "steps"  # steps | time: lr schedule and annealing rungs follow max(step/steps, seconds/budget)
     weight_decay: float = 0.0
     kl_weight: float = 1.0        # reverse KL (energy only, data-free)
     ml_weight: float = 0.0        # maximum likelihood on reference samples
@@ -304,7 +304,7 @@ _CHOICES = {
     ("flow", "divergence"): ("exact", "hutchinson"),
     ("flow", "noise"): ("rademacher", "gaussian"),
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
-    ("train", "lr_clock"): ("steps", "time"),
+    ("train", "schedule_clock"): ("steps", "time"),
     ("train", "dtype"): ("float32", "float64"),
     ("eval", "divergence"): ("exact", "hutchinson", "auto"),
     ("flow", "base"): ("gaussian", "harmonic"),
@@ -343,8 +343,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(cfg.train, key)!r}")
     if cfg.train.budget_minutes is not None and not cfg.train.budget_minutes > 0:
         raise ConfigError(f"config key 'train.budget_minutes' must be positive or null, got {cfg.train.budget_minutes!r}")
-    if cfg.train.lr_clock == "time" and cfg.train.budget_minutes is None:
-        raise ConfigError("config key 'train.lr_clock' is 'time' but train.budget_minutes is null: "
+    if cfg.train.schedule_clock == "time" and cfg.train.budget_minutes is None:
+        raise ConfigError("config key 'train.schedule_clock' is 'time' but train.budget_minutes is null: "
                           "a wall-clock schedule needs a budget")
     if cfg.train.warmup_steps < 0:
         raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {cfg.train.warmup_steps!r}")

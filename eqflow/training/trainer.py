@@ -84,7 +84,7 @@ def _seed_step(seed: int, rank: int, step: int) -> None:
 def make_scheduler(optimizer, settings: TrainConfig, clock=None):
     """Linear warm-up, then constant, cosine (to ``lr_final``) or exponential (to ``lr_final``).
 
-    ``clock`` (``train.lr_clock: time``) returns the training seconds so far: the schedule's progress
+    ``clock`` (``train.schedule_clock: time``) returns the training seconds so far: the schedule's progress
     is then the larger of ``step / steps`` and ``seconds / budget``, so a run that a busy machine
     slows down still reaches ``lr_final`` when its wall-clock budget ends (with a step clock it
     would stop half-way down the cosine). Under torchrun the seconds are the ranks' agreed value,
@@ -236,7 +236,7 @@ class Trainer:
                                                        lr=t.lr, weight_decay=t.weight_decay)
         self._clock_seconds = 0.0  # training seconds agreed by all ranks at the last step boundary
         self.scheduler = make_scheduler(self.optimizer, t,
-                                        clock=(lambda: self._clock_seconds) if t.lr_clock == "time" else None)
+                                        clock=(lambda: self._clock_seconds) if t.schedule_clock == "time" else None)
         self.step = 0
         self.n_skipped = 0
         self.n_dropped = 0
@@ -402,6 +402,16 @@ class Trainer:
         return weighted_flow_matching_loss(self.model, x0, x1, log_w, **kwargs)
 
     # -- buffer and temperature --------------------------------------------------------------------
+    def _schedule_step(self) -> int:
+        """The step the annealing ladder reads: the step count, or with ``train.schedule_clock: time``
+        the larger of it and the budget's elapsed share of ``train.steps`` (so the rungs, given as
+        fractions of ``train.steps``, are reached within the wall-clock budget on a slow machine)."""
+        t = self.settings
+        if t.schedule_clock != "time" or not t.budget_minutes:
+            return self.step
+        share = min(1.0, self._clock_seconds / (60.0 * t.budget_minutes))
+        return max(self.step, int(share * t.steps))
+
     def _begin_step(self) -> dict:
         """Move to this step's rung and refresh the buffer when due. Returns their log entries.
 
@@ -409,7 +419,8 @@ class Trainer:
         can be undone (:meth:`_undo_step`) and the checkpoint holds the state from the step's start.
         """
         record = {}
-        temp = self.ladder.temperature_at(self.step) if self.ladder is not None else self.energy.temperature
+        temp = (self.ladder.temperature_at(self._schedule_step()) if self.ladder is not None
+                else self.energy.temperature)
         rung_change = temp != self.energy.temperature
         refresh = self.buffer is not None and (len(self.buffer) == 0
                                                or self.step % self.buffer_settings.refresh_every == 0)
@@ -674,7 +685,7 @@ class Trainer:
         if self.ladder is not None and self.energy.temperature != self.ladder.target and main:
             warnings.warn(f"training stopped ({stop_reason}) at T = {self.energy.temperature}, before the annealing "
                           f"ladder reached the target temperature {self.ladder.target}: the rungs follow train.steps, "
-                          "so lower train.steps (or use anneal.steps_per_rung) to fit the budget",
+                          "so lower train.steps, or set train.schedule_clock: time to fit them into the budget",
                           RuntimeWarning, stacklevel=2)
         return {"steps": self.step, "stop_reason": stop_reason, "train_seconds": round(self.elapsed, 1),
                 "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped,

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: warm-up, cosine end points, and the wall-clock clock (train.lr_clock)."""
+"""Learning-rate schedules: warm-up, cosine end points, and the wall-clock clock (train.schedule_clock)."""
 import math
 
 import pytest
@@ -33,7 +33,7 @@ def test_cosine_end_points():
 
 def test_time_clock_reaches_the_floor_when_the_budget_ends():
     t = _settings(steps=1000, warmup_steps=0, lr=1e-3, lr_final=1e-5, lr_schedule="cosine",
-                  budget_minutes=1, lr_clock="time")
+                  budget_minutes=1, schedule_clock="time")
     seconds = {"s": 0.0}
     clock = lambda: seconds["s"]  # noqa: E731
     seconds["s"] = 30.0  # half the budget after 10 of 1000 steps: the clock decides
@@ -45,7 +45,27 @@ def test_time_clock_reaches_the_floor_when_the_budget_ends():
 
 
 def test_time_clock_needs_a_budget():
-    with pytest.raises(ConfigError, match="lr_clock"):
-        apply_overrides(load_config("configs/dw4.yaml"), ["train.lr_clock=time", "train.budget_minutes=null"])
-    with pytest.raises(ConfigError, match="lr_clock"):
-        apply_overrides(load_config("configs/dw4.yaml"), ["train.lr_clock=wall"])
+    with pytest.raises(ConfigError, match="schedule_clock"):
+        apply_overrides(load_config("configs/dw4.yaml"), ["train.schedule_clock=time", "train.budget_minutes=null"])
+    with pytest.raises(ConfigError, match="schedule_clock"):
+        apply_overrides(load_config("configs/dw4.yaml"), ["train.schedule_clock=wall"])
+
+
+def test_time_clock_moves_the_annealing_rungs(tmp_path):
+    """With schedule_clock: time the ladder reads the budget's elapsed share of train.steps."""
+    from eqflow.builders import build_flow, build_target
+    from eqflow.config import AnnealConfig
+    from eqflow.fault_check import tiny_config
+    from eqflow.training import Trainer
+
+    cfg = tiny_config(steps=100, budget_minutes=1, schedule_clock="time")
+    target = build_target(cfg)
+    torch.manual_seed(0)
+    tr = Trainer(build_flow(cfg, target), target, cfg.train, out_dir=tmp_path, progress=False,
+                 anneal_settings=AnnealConfig(temperatures=[4.0, 2.0, 1.0], fractions=[0.25, 0.25]))
+    assert tr._schedule_step() == 0 and tr.energy.temperature == 4.0
+    tr._clock_seconds = 20.0  # a third of the budget, 0 steps made: the second rung
+    assert tr._schedule_step() == 33
+    assert tr.ladder.temperature_at(tr._schedule_step()) == 2.0
+    tr._clock_seconds = 60.0
+    assert tr.ladder.temperature_at(tr._schedule_step()) == 1.0
