@@ -323,7 +323,7 @@ def ablation_title(vset: VariantSet, names, budget_minutes: float, extra=()) -> 
 
 def ablation_notes(out, results: dict) -> list:
     """Warnings to print under the table: failed variants, and annealing ladders the budget cut short
-    (the rungs follow ``train.steps``; raise the budget or lower ``train.steps``)."""
+    (with ``train.schedule_clock: steps`` the rungs follow ``train.steps`` alone)."""
     notes = []
     for name, m in results.items():
         if m.get("status") in ("failed", "missing"):
@@ -336,5 +336,5 @@ def ablation_notes(out, results: dict) -> list:
         final = float(m["final_temperature"])
         if temps and not math.isclose(final, float(temps[-1]), rel_tol=1e-6):
             notes.append(f"{name}: training stopped at T = {final:g} before the ladder's last rung "
-                         f"{temps[-1]} (the rungs follow train.steps: lower train.steps with --set)")
+                         f"{temps[-1]} (set train.schedule_clock=time or lower train.steps)")
     return notes
