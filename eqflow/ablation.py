@@ -336,5 +336,5 @@ def ablation_notes(out, results: dict) -> list:
         final = float(m["final_temperature"])
         if temps and not math.isclose(final, float(temps[-1]), rel_tol=1e-6):
             notes.append(f"{name}: training stopped at T = {final:g} before the ladder's last rung "
-                         f"{temps[-1]} (set train.schedule_clock=time or lower train.steps)")
+                         f"{temps[-1]} (the budget ended first; with train.schedule_clock=steps lower train.steps)")
     return notes
