@@ -81,6 +81,14 @@ def _seed_step(seed: int, rank: int, step: int) -> None:
     random.seed(s)
 
 
+def budget_share(seconds: float, settings: TrainConfig) -> float | None:
+    """The elapsed share of the wall-clock budget in [0, 1] (``train.schedule_clock: time``), or None
+    when the schedules follow the step count alone (step clock or no budget)."""
+    if settings.schedule_clock != "time" or not settings.budget_minutes:
+        return None
+    return min(1.0, seconds / (60.0 * settings.budget_minutes))
+
+
 def make_scheduler(optimizer, settings: TrainConfig, clock=None):
     """Linear warm-up, then constant, cosine (to ``lr_final``) or exponential (to ``lr_final``).
 
@@ -92,14 +100,14 @@ def make_scheduler(optimizer, settings: TrainConfig, clock=None):
     """
     t = settings
     floor = t.lr_final / t.lr
-    budget = None if t.budget_minutes is None else 60.0 * t.budget_minutes
 
     def factor(step: int) -> float:
         if t.warmup_steps and step < t.warmup_steps:
             return (step + 1) / t.warmup_steps
         progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
-        if clock is not None and budget:
-            progress = max(progress, min(1.0, clock() / budget))
+        share = budget_share(clock(), t) if clock is not None else None
+        if share is not None:
+            progress = max(progress, share)
         if t.lr_schedule == "cosine":
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         if t.lr_schedule == "exponential":
@@ -406,11 +414,8 @@ class Trainer:
         """The step the annealing ladder reads: the step count, or with ``train.schedule_clock: time``
         the larger of it and the budget's elapsed share of ``train.steps`` (so the rungs, given as
         fractions of ``train.steps``, are reached within the wall-clock budget on a slow machine)."""
-        t = self.settings
-        if t.schedule_clock != "time" or not t.budget_minutes:
-            return self.step
-        share = min(1.0, self._clock_seconds / (60.0 * t.budget_minutes))
-        return max(self.step, int(share * t.steps))
+        share = budget_share(self._clock_seconds, self.settings)
+        return self.step if share is None else max(self.step, int(share * self.settings.steps))
 
     def _begin_step(self) -> dict:
         """Move to this step's rung and refresh the buffer when due. Returns their log entries.
