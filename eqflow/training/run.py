@@ -118,6 +118,7 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
     checkpoint and sends it to the others).
     """
     check_device(cfg.train.device)
+    joined_here = not dd.dist_info().enabled  # a caller's own process group is left to the caller
     info = dd.init_distributed(cfg.train.device)
     device = dd.rank_device(cfg.train.device, info)
     if info.is_main:
@@ -170,6 +171,11 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         close = getattr(locals().get("target"), "close", None)
         if callable(close):
             close()
+        if joined_here:
+            # Leave the group explicitly: a rank that exits with a live gloo group (the other ranks
+            # return while rank 0 still evaluates) can abort in the group's destructor at
+            # interpreter exit ("terminate called without an active exception", SIGABRT).
+            dd.close_distributed()
 
 
 def _check_ladder_end(cfg: Config, target) -> None:
