@@ -25,6 +25,9 @@ __all__ = ["compare_runs", "format_comparison", "COMPARISON_ROWS"]
 COMPARISON_ROWS = [
     ("model", "model"),
     ("ess", "ESS (fraction of n)"),
+    ("ess_split_min", "  ESS, lowest of 5 fifths"),
+    ("ess_split_max", "  ESS, highest of 5 fifths"),
+    ("pareto_k", "  Pareto k (>= 0.7: ESS unreliable)"),
     ("eval_divergence", "evaluation divergence"),
     ("eval_solver", "evaluation solve"),
     ("logq_solver_mae", "log q solver error (nats)"),

@@ -115,6 +115,7 @@ def _readme(dest: Path, config: dict, state: dict, summary: dict | None, command
     return "\n".join(lines)
 
 
+HEAVY_TAIL_K = 0.7  # Pareto k of the weights from which one draw's ESS is unreliable (PSIS)
 # metric -> (absolute tolerance, relative tolerance); ΔF and populations get statistical tolerances
 CHECKED_METRICS = {
     "ess": (0.05, 0.25),
@@ -161,7 +162,13 @@ def compare_with_summary(shipped: dict, fresh: dict, scale: float = 1.0) -> list
             continue
         tol = _tolerance(key, shipped, fresh, scale)
         ok = a == b or abs(a - b) <= tol or (math.isnan(a) and math.isnan(b))
-        rows.append((key, a, b, abs(a - b), tol, "ok" if ok else "DIFFERS"))
+        verdict = "ok" if ok else "DIFFERS"
+        k = max([float(d["pareto_k"]) for d in (shipped, fresh) if math.isfinite(float(d.get("pareto_k", math.nan)))],
+                default=math.nan)
+        if not ok and key == "ess" and k >= HEAVY_TAIL_K:
+            # the ESS of one draw is decided by its largest weights: two draws may differ by factors
+            verdict = f"DIFFERS (heavy-tailed weights, Pareto k {k:.2f}: one draw's ESS is unreliable)"
+        rows.append((key, a, b, abs(a - b), tol, verdict))
     return rows
 
 

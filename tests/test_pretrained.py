@@ -92,9 +92,13 @@ def test_check_pretrained_reproduces_summary(dw4_run, tmp_path):
     assert "ess" in r.stdout and "DIFFERS" not in r.stdout
     # a changed model no longer reproduces its summary
     summary = json.loads((dest / "summary.json").read_text())
-    bad = dict(summary, ess=summary["ess"] + 0.5, nll=summary["nll"] + 10.0)
+    bad = dict(summary, ess=summary["ess"] + 0.5, nll=summary["nll"] + 10.0, pareto_k=0.2)
     verdicts = {k: v for k, *_, v in compare_with_summary(bad, fresh)}
-    assert verdicts["ess"] == "DIFFERS" and verdicts["nll"] == "DIFFERS"
+    assert verdicts["ess"].startswith("DIFFERS") and verdicts["nll"] == "DIFFERS"
+    heavy = {k: v for k, *_, v in compare_with_summary(bad, dict(fresh, pareto_k=0.9))}
+    assert "heavy-tailed weights, Pareto k 0.90" in heavy["ess"] and heavy["nll"] == "DIFFERS"
+    light = {k: v for k, *_, v in compare_with_summary(bad, dict(fresh, pareto_k=0.2))}
+    assert light["ess"] == "DIFFERS"
     other = {k: v for k, *_, v in compare_with_summary(summary, dict(fresh, eval_divergence="hutchinson"))}
     assert other["ess"].startswith("not compared") and other["energy_w1_raw"] == "ok"
 

@@ -16,6 +16,9 @@ from scipy.stats import wasserstein_distance
 __all__ = [
     "log_weights",
     "ess",
+    "ess_split",
+    "pareto_k",
+    "max_weight",
     "self_normalized_weights",
     "energy_w1",
     "interatomic_distances",
@@ -89,6 +92,65 @@ def ess(log_w) -> float:
     if not np.isfinite(lse1):
         return 0.0
     return float(np.exp(2.0 * lse1 - logsumexp(2.0 * lw) - math.log(n)))
+
+
+def ess_split(log_w, n_parts: int = 5) -> np.ndarray:
+    """ESS fractions (:func:`ess`) of ``n_parts`` disjoint consecutive parts of the draw ``[n]``.
+
+    The samples of one draw are independent, so the parts are ``n_parts`` independent draws of
+    ``n / n_parts`` samples: their spread shows how much the ESS of a fresh draw can differ. With
+    heavy-tailed weights the ESS of one draw is decided by its few largest weights and varies by
+    factors between draws (a part that misses the rare large weights reports a flattering ESS).
+
+    Returns
+    -------
+    ``[n_parts]`` ESS fractions in draw order (fewer parts when ``n < n_parts``).
+    """
+    lw = _np(log_w).ravel()
+    k = max(1, min(int(n_parts), lw.size))
+    return np.array([ess(part) for part in np.array_split(lw, k)])
+
+
+def max_weight(log_w) -> float:
+    """The largest self-normalized weight: 1/n for equal weights, near 1 when one sample decides."""
+    w = self_normalized_weights(log_w)
+    return float(w.max()) if w.size else float("nan")
+
+
+def pareto_k(log_w) -> float:
+    """Shape ``k`` of a generalized Pareto fit to the largest importance weights (PSIS diagnostic).
+
+    Following Vehtari et al., "Pareto smoothed importance sampling" (JMLR 2024), the largest
+    ``M = min(0.2 n, 3 sqrt(n))`` weights, minus the next largest, are fitted by a generalized Pareto
+    distribution. ``k < 0.5``: the weights have a finite variance and the ESS of one draw is
+    reliable; ``0.5 <= k < 0.7``: usable but noisy; ``k >= 0.7``: the ESS (and any reweighted
+    estimate) of one draw is unreliable: a fresh draw can differ by factors.
+
+    The fit is scipy's maximum likelihood with the location fixed at 0 (arviz's ``psislw`` uses the
+    Zhang-Stephens estimator; arviz would bring xarray and pandas for this one number). Weights are
+    shifted by their maximum in log space first, so the fit never overflows.
+
+    Returns
+    -------
+    ``k`` (float); nan when fewer than 5 tail weights are finite (n below ~25).
+    """
+    from scipy.stats import genpareto
+
+    lw = _np(log_w).ravel()
+    lw = np.sort(lw[np.isfinite(lw)])
+    n = lw.size
+    m = int(math.ceil(min(0.2 * n, 3.0 * math.sqrt(n))))
+    if m < 5 or n <= m:
+        return float("nan")
+    shifted = np.exp(lw[-(m + 1):] - lw[-1])  # threshold and the m largest, max = 1
+    excess = shifted[1:] - shifted[0]
+    if not np.any(excess > 0):
+        return 0.0  # (near-)equal top weights: no tail at all
+    excess = excess / excess.max()  # scale-free: the shape does not depend on the units
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        k, _, _ = genpareto.fit(excess, floc=0.0)
+    return float(k)
 
 
 def energy_w1(u_samples, u_ref, weights=None) -> float:

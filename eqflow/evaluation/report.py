@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .. import distributed as dd
-from .metrics import distance_histogram_distance, energy_w1, ess, log_weights, nll, self_normalized_weights
+from .metrics import (distance_histogram_distance, energy_w1, ess, ess_split, log_weights, max_weight, nll,
+                      pareto_k, self_normalized_weights)
 from .sampling import (draw_samples, energies_in_batches, fold_samples, gather_samples, is_molecule, load_samples,
                        shard_seed)
 
@@ -51,7 +52,8 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
 
     Returns
     -------
-    dict of floats: ``ess``, ``n_nonfinite``, ``mean_energy``, ``energy_w1_raw``, ``energy_w1_reweighted``,
+    dict of floats: ``ess`` (with ``ess_split_min``/``ess_split_max`` over five disjoint fifths of the
+    draw, ``pareto_k`` and ``max_weight``: :mod:`eqflow.evaluation.metrics`), ``n_nonfinite``, ``mean_energy``, ``energy_w1_raw``, ``energy_w1_reweighted``,
     ``nll``, ``distance_tv_raw``, ``distance_tv_reweighted`` and, for molecules, ``d_fraction``,
     ``p_phi_pos``, ``delta_f`` (with ``_std``) raw and reweighted, basin populations and
     ``rama_kl`` — the reference's own values alongside (``ref_*``).
@@ -96,7 +98,11 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
     log_w, n_bad = log_weights(u, log_q, return_count=True)
     w = self_normalized_weights(log_w)
     finite_u = u[torch.isfinite(u)]
-    out.update(ess=ess(log_w), n_nonfinite=n_bad,
+    split = ess_split(log_w, 5)
+    # How far one draw's ESS can be trusted: the spread over five disjoint fifths of the draw, the
+    # Pareto tail shape of the weights (>= 0.7: unreliable) and the largest normalized weight.
+    out.update(ess=ess(log_w), ess_split_min=float(split.min()), ess_split_max=float(split.max()),
+               pareto_k=pareto_k(log_w), max_weight=max_weight(log_w), n_nonfinite=n_bad,
                mean_energy=float(finite_u.mean()) if len(finite_u) else float("nan"),
                mean_energy_reweighted=float(np.nansum(w * np.where(np.isfinite(u.numpy()), u.numpy(), 0.0))))
     if reference is not None and len(reference):

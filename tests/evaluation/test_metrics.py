@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from eqflow.evaluation import (distance_histogram_distance, energy_w1, ess, interatomic_distances,
-                               log_weights, nll, self_normalized_weights)
+from eqflow.evaluation import (distance_histogram_distance, energy_w1, ess, ess_split, interatomic_distances,
+                               log_weights, max_weight, nll, pareto_k, self_normalized_weights)
 
 
 def test_log_weights_and_nonfinite():
@@ -67,3 +67,31 @@ def test_distance_histogram_distance():
 
 def test_nll():
     assert nll(torch.tensor([-1.0, -3.0])) == 2.0
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 4.0])
+def test_pareto_k_recovers_the_tail_index_of_pareto_weights(alpha):
+    # weights w ~ 1 + Pareto(alpha) have the tail P(w > t) ~ t^-alpha, i.e. generalized Pareto shape 1/alpha
+    rng = np.random.default_rng(0)
+    log_w = np.log1p(rng.pareto(alpha, 20000)) + 3.0  # a shift of log w changes nothing
+    assert pareto_k(log_w) == pytest.approx(1.0 / alpha, abs=0.12)
+
+
+def test_pareto_k_small_for_light_tails_and_nan_when_too_few():
+    rng = np.random.default_rng(1)
+    assert pareto_k(rng.normal(0.0, 0.3, 5000)) < 0.3  # log-normal weights with small spread
+    assert pareto_k(np.zeros(1000)) == 0.0  # equal weights: no tail
+    assert math.isnan(pareto_k(np.zeros(10)))
+    assert pareto_k(np.array([0.0] * 999 + [-np.inf])) == 0.0  # zero weights are not part of the tail
+
+
+def test_ess_split_parts_are_the_ess_of_disjoint_parts_and_max_weight():
+    rng = np.random.default_rng(2)
+    log_w = rng.normal(0.0, 2.0, 1000)
+    parts = ess_split(log_w, 5)
+    assert parts.shape == (5,)
+    assert parts[2] == pytest.approx(ess(log_w[400:600]), rel=1e-12)
+    assert ess_split(np.zeros(3), 5).tolist() == [1.0, 1.0, 1.0]
+    w = np.exp(log_w - log_w.max())
+    assert max_weight(log_w) == pytest.approx(w.max() / w.sum(), rel=1e-12)
+    assert max_weight(np.zeros(4)) == pytest.approx(0.25)
