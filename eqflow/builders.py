@@ -7,7 +7,8 @@ from .config import Config, ConfigError
 from .distributions import MixtureBase
 from .distributions.harmonic import HarmonicBase
 from .flows import ContinuousFlow, MixtureFlow
-from .nn import E3NNField, EGNNField, ScaledField
+from .nn import E3NNField, EGNNField, PairwiseField, ScaledField
+from .nn.pairwise import bond_hop_features
 from .targets import Energy, make_target
 
 __all__ = ["build_target", "build_field", "build_flow", "build_base", "build_model", "build_ic_flow",
@@ -42,12 +43,22 @@ def node_features_of(target: Energy) -> torch.Tensor | None:
     return torch.nn.functional.one_hot(types, n_types).to(torch.get_default_dtype())
 
 
-def build_field(cfg: Config, dim: int, n_node_features: int) -> torch.nn.Module:
+def build_field(cfg: Config, dim: int, n_node_features: int, target: Energy | None = None) -> torch.nn.Module:
+    """The vector field of ``cfg.field`` (``target``: for a molecule's bond graph, pairwise fields)."""
     f = cfg.field
     if f.kind == "egnn":
         field = EGNNField(dim=dim, n_node_features=n_node_features, hidden=f.hidden, n_layers=f.n_layers,
                           n_frequencies=f.n_frequencies, coord_gain=f.coord_gain,
                           coord_aggregation=f.coord_aggregation)
+    elif f.kind == "pairwise":
+        topology = getattr(target, "topology", None)
+        pair_features = None
+        if f.bond_hops > 0 and topology is not None:
+            pair_features = bond_hop_features(topology.n_atoms, [(a.index, b.index) for a, b in topology.bonds],
+                                              f.bond_hops)
+        field = PairwiseField(dim=dim, n_node_features=n_node_features, hidden=f.hidden, n_layers=f.n_layers,
+                              n_frequencies=f.n_frequencies, n_basis=f.n_basis, r_max=f.r_max,
+                              pair_features=pair_features)
     else:
         field = E3NNField(dim=dim, n_node_features=n_node_features, n_scalars=f.n_scalars,
                           hidden_irreps=f.hidden_irreps, n_layers=f.n_layers, lmax=f.lmax, n_basis=f.n_basis,
@@ -89,7 +100,7 @@ def build_flow(cfg: Config, target: Energy) -> ContinuousFlow:
     h = node_features_of(target)
     n_feat = 0 if h is None else h.shape[1]
     base = build_base(cfg, target)
-    field = build_field(cfg, target.dim, n_feat + fl.n_components)
+    field = build_field(cfg, target.dim, n_feat + fl.n_components, target)
     return MixtureFlow(field, base, node_features=h, divergence=fl.divergence, noise=fl.noise,
                        solver=fl.solver, n_steps=fl.n_steps, rtol=fl.rtol, atol=fl.atol, adjoint=fl.adjoint,
                        checkpoint=fl.checkpoint)

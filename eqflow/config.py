@@ -39,23 +39,26 @@ class TargetConfig:
 
 @dataclass
 class FieldConfig:
-    kind: str = "egnn"            # egnn | e3nn
-    hidden: int = 64              # EGNN width
-    n_layers: int = 4
+    kind: str = "egnn"            # egnn | e3nn | pairwise (pair radial field, exact divergence in closed form)
+    hidden: int = 64              # EGNN width (pairwise: width of the pair MLP)
+    n_layers: int = 4             # EGNN / e3nn layers (pairwise: hidden layers of the pair MLP)
     n_frequencies: int = 4        # time embedding
     coord_gain: float = 1.0       # EGNN coordinate-update scale
     coord_aggregation: str = "mean"  # EGNN: mean or sum of the pair terms of the coordinate update
     n_scalars: int = 32           # e3nn: scalar embedding width (time and node features)
     hidden_irreps: str = "64x0e + 16x1o"  # e3nn hidden irreps (must include 1o: the velocity is read from it)
     lmax: int = 2                 # e3nn edge spherical harmonics degree
-    n_basis: int = 8              # e3nn Bessel radial basis size
-    r_max: float = 5.0            # e3nn cutoff: pairs farther apart do not interact (units of length_scale)
+    n_basis: int = 8              # e3nn Bessel / pairwise Gaussian radial basis size
+    r_max: float = 5.0            # e3nn cutoff: pairs farther apart do not interact (units of length_scale);
+                                  # pairwise: extent of the radial basis (no cutoff: all pairs interact)
     radial_hidden: int = 16       # e3nn radial MLP width (edge-wise: cost grows with it)
     edge_channels: Optional[int] = 8  # e3nn channels per irrep in the edge tensor products (null: full width)
     edges: str = "dense"          # e3nn edge list: dense (all pairs) | radius (pairs within r_max; same field)
     avg_num_neighbors: Optional[float] = None  # e3nn message sum divided by its square root (null: n_atoms - 1)
     e3nn_backend: str = "e3nn"    # e3nn | cueq (cuequivariance-torch, pip install 'eqflow[cueq]')
     length_scale: float = 1.0     # the field sees x / length_scale (molecules in nm: 0.1)
+    bond_hops: int = 3            # pairwise, molecules: bond-graph distance 1..bond_hops (and farther) as
+                                  # pair features (0: off)
 
 
 @dataclass
@@ -296,7 +299,7 @@ def _parse_value(raw: str):
 
 _CHOICES = {
     ("model", "kind"): ("cartesian", "ic"),
-    ("field", "kind"): ("egnn", "e3nn"),
+    ("field", "kind"): ("egnn", "e3nn", "pairwise"),
     ("field", "coord_aggregation"): ("mean", "sum"),
     ("field", "edges"): ("dense", "radius"),
     ("field", "e3nn_backend"): ("e3nn", "cueq"),

@@ -22,10 +22,13 @@ __all__ = ["Generator", "load_checkpoint", "resolve_eval_divergence", "AUTO_EXAC
 AUTO_EXACT_CPU_COORDS = 40
 
 
-def resolve_eval_divergence(mode: str, n_atoms: int, dim: int, device) -> str:
-    """``"exact"`` or ``"hutchinson"`` for an evaluation ``mode`` (``"auto"`` decides by device and size)."""
+def resolve_eval_divergence(mode: str, n_atoms: int, dim: int, device, field=None) -> str:
+    """``"exact"`` or ``"hutchinson"`` for an evaluation ``mode`` (``"auto"`` decides by device and
+    size; always exact for a ``field`` that gives its exact divergence in closed form)."""
     if mode != "auto":
         return mode
+    if getattr(field, "analytic_divergence", False):
+        return "exact"  # as cheap as one more field evaluation
     cpu = torch.device(device).type == "cpu"
     return "exact" if not cpu or n_atoms * dim <= AUTO_EXACT_CPU_COORDS else "hutchinson"
 
@@ -92,7 +95,8 @@ class Generator:
         mode = divergence or self.divergence
         if not self.ode:
             return mode
-        return resolve_eval_divergence(mode, self.model.n_atoms, self.model.dim, self.device)
+        return resolve_eval_divergence(mode, self.model.n_atoms, self.model.dim, self.device,
+                                       getattr(self.model, "field", None))
 
     def _sample_batch(self, n: int, with_log_prob: bool, divergence: str):
         if self.ode:

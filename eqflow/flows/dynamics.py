@@ -92,12 +92,22 @@ class AugmentedDynamics(torch.nn.Module):
             jac = None if jac is None else jac.detach()
         return v, div, jac
 
+    def _analytic(self) -> bool:
+        """The field gives its exact divergence itself (e.g. :class:`~eqflow.nn.PairwiseField`)."""
+        return (self.divergence == "exact" and not self.transport_cost
+                and bool(getattr(self.field, "analytic_divergence", False)))
+
     def _row_chunk(self, x: torch.Tensor) -> int | None:
+        if self._analytic():
+            return None  # no per-coordinate passes to keep in cache
         if self.exact_row_chunk != "auto":
             return self.exact_row_chunk
         return CPU_EXACT_ROWS if self.divergence == "exact" and x.device.type == "cpu" else None
 
     def _evaluate_rows(self, t, x, h, keep_graph: bool):
+        if self._analytic():
+            v, div = self.field.velocity_and_divergence(t, x, h, create_graph=keep_graph)
+            return v, div, None
         v = self.field(t, x, h)
         if self.divergence == "exact":
             out = exact_divergence(v, x, create_graph=keep_graph, frobenius=self.transport_cost,

@@ -5,4 +5,5 @@ from .e3nn_field import E3NNField
 from .edges import dense_edges, radius_edges
 from .egnn import EGNNField, EGNNLayer
 from .embedding import ScaledField, TimeEmbedding
+from .pairwise import PairwiseField, bond_hop_features
 from .radial import BesselBasis, PolynomialCutoff, RadialEmbedding

@@ -75,3 +75,12 @@ class ScaledField(torch.nn.Module):
 
     def forward(self, t, x, h=None):
         return self.length_scale * self.field(t, x / self.length_scale, h)
+
+    @property
+    def analytic_divergence(self) -> bool:
+        return bool(getattr(self.field, "analytic_divergence", False))
+
+    def velocity_and_divergence(self, t, x, h=None, create_graph: bool = False):
+        # ∇_x · (L f(x / L)) = (∇·f)(x / L): the scale cancels in the divergence.
+        v, div = self.field.velocity_and_divergence(t, x / self.length_scale, h, create_graph=create_graph)
+        return self.length_scale * v, div

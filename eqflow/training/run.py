@@ -144,7 +144,7 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
                           energy_cut=cfg.target.energy_cut, val_every=ev.val_every, val_samples=ev.val_samples,
                           val_batch_size=ev.batch_size,
                           val_log_prob=((lambda x: flow.log_prob(x, divergence=resolve_eval_divergence(
-                                            ev.divergence, flow.n_atoms, flow.dim, x.device)))
+                                            ev.divergence, flow.n_atoms, flow.dim, x.device, getattr(flow, "field", None))))
                                         if is_ode_model(flow) else None),
                           metadata={"config": config_to_dict(cfg)}, overwrite=True, progress=progress,
                           fm_settings=cfg.fm, buffer_settings=cfg.buffer, anneal_settings=cfg.anneal,

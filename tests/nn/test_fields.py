@@ -3,7 +3,7 @@ import torch
 from e3nn.util.test import assert_equivariant
 
 from eqflow.geometry import random_orthogonal, remove_mean
-from eqflow.nn import E3NNField, EGNNField
+from eqflow.nn import E3NNField, EGNNField, PairwiseField, ScaledField
 
 N_ATOMS = 6
 TYPES = torch.tensor([0, 0, 1, 1, 2, 0])  # atoms 0, 1, 5 are the same type
@@ -13,6 +13,8 @@ def make_field(kind, dim=3, n_features=3):
     torch.manual_seed(0)
     if kind == "egnn":
         field = EGNNField(dim=dim, n_node_features=n_features, hidden=16, n_layers=3)
+    elif kind == "pairwise":
+        field = PairwiseField(dim=dim, n_node_features=n_features, hidden=16, n_layers=2, n_basis=8, r_max=3.0)
     else:
         field = E3NNField(n_node_features=n_features, n_scalars=8, hidden_irreps="8x0e + 4x1o + 2x2e",
                           n_layers=2, n_basis=6, r_max=4.0, radial_hidden=16)
@@ -27,7 +29,7 @@ def features(b):
     return torch.nn.functional.one_hot(TYPES, 3).double()[None].expand(b, -1, -1)
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
 def test_e3_equivariance_float64(float64, kind):
     field = make_field(kind)
     b = 4
@@ -51,7 +53,7 @@ def test_egnn_2d_orthogonal_and_translation(float64):
     assert (v_rot - v @ q.transpose(1, 2)).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
 def test_permutation_of_same_type_atoms(float64, kind):
     field = make_field(kind)
     x, t, h = torch.randn(3, N_ATOMS, 3), torch.rand(3), features(3)
@@ -61,7 +63,7 @@ def test_permutation_of_same_type_atoms(float64, kind):
     assert (field(t, x[:, perm], h) - v[:, perm]).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
 def test_output_mean_free_and_trace_equals_subspace_divergence(float64, kind):
     field = make_field(kind)
     x = remove_mean(torch.randn(1, N_ATOMS, 3))
@@ -82,7 +84,7 @@ def test_e3nn_rejects_2d():
         E3NNField(dim=2)
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
 def test_bad_shapes_named(kind):
     field = make_field(kind)
     with pytest.raises(ValueError, match=r"\[batch, n_atoms, dim\]"):
@@ -119,3 +121,69 @@ def test_egnn_sum_aggregation_equivariant_and_checked(float64):
                        irreps_in=[None, "cartesian_points"], irreps_out=["1o"], tolerance=1e-10)
     with pytest.raises(ValueError, match="coord_aggregation"):
         EGNNField(coord_aggregation="max")
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_pairwise_closed_form_divergence_equals_the_jacobian_trace(float64, dim, scaled):
+    field = make_field("pairwise", dim=dim)
+    if scaled:
+        field = ScaledField(field, 0.1)  # molecules in nm: the scale cancels in the divergence
+    b = 3
+    x, t, h = torch.randn(b, N_ATOMS, dim), torch.rand(b), features(b)
+    x[:, 1] = x[:, 0] + 1e-3  # a close pair: the radial derivative at short range
+    v, div = field.velocity_and_divergence(t, x, h)
+    assert not v.requires_grad and not div.requires_grad  # nothing kept when only evaluating
+    assert torch.equal(v, field(t, x, h))
+    for i in range(b):
+        jac = torch.autograd.functional.jacobian(
+            lambda y: field(t[i:i + 1], y.view(1, N_ATOMS, dim), h[i:i + 1]).flatten(), x[i].flatten())
+        assert div[i].item() == pytest.approx(torch.trace(jac).item(), rel=1e-10, abs=1e-10)
+
+
+def test_pairwise_divergence_keeps_the_graph_for_training(float64):
+    field = make_field("pairwise")
+    x, t, h = torch.randn(2, N_ATOMS, 3, requires_grad=True), torch.rand(2), features(2)
+    _, div = field.velocity_and_divergence(t, x, h, create_graph=True)
+    grads = torch.autograd.grad(div.sum(), [x, *field.parameters()], allow_unused=True)
+    assert all(g is not None and torch.isfinite(g).all() for g in grads[:2])
+    # d(div)/dx by autograd through the closed form equals the finite difference of the closed form
+    e = torch.zeros_like(x)
+    e[0, 2, 1] = 1e-6
+    d_plus = field.velocity_and_divergence(t, x.detach() + e, h)[1][0]
+    d_minus = field.velocity_and_divergence(t, x.detach() - e, h)[1][0]
+    assert grads[0][0, 2, 1].item() == pytest.approx(((d_plus - d_minus) / 2e-6).item(), rel=1e-6)
+
+
+def test_bond_hop_features_of_a_chain_and_an_isolated_atom():
+    from eqflow.nn import bond_hop_features
+    f = bond_hop_features(6, [(0, 1), (1, 2), (2, 3), (3, 4)], max_hops=2)  # atom 5 bonded to nothing
+    cls = f.argmax(-1)
+    assert f.shape == (6, 6, 3) and torch.equal(f, f.transpose(0, 1))
+    assert f[range(6), range(6)].abs().sum() == 0  # no self-pairs
+    assert cls[0, 1] == 0 and cls[0, 2] == 1 and cls[0, 3] == 2 and cls[0, 4] == 2 and cls[0, 5] == 2
+    with pytest.raises(ValueError, match="max_hops"):
+        bond_hop_features(3, [(0, 1)], max_hops=0)
+
+
+def test_pairwise_field_with_pair_features_divergence_and_permutations(float64):
+    from eqflow.nn import bond_hop_features
+    bonds = [(0, 1), (1, 2), (2, 3), (3, 4), (3, 5)]  # atoms 4 and 5: the same type, both bonded to 3
+    torch.manual_seed(1)
+    field = PairwiseField(dim=3, n_node_features=3, hidden=16, n_layers=2, n_basis=8, r_max=3.0,
+                          pair_features=bond_hop_features(N_ATOMS, bonds, 3))
+    with torch.no_grad():
+        for p in field.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    types = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 1, 0, 0]), 3).double()[None].expand(2, -1, -1)
+    x, t = torch.randn(2, N_ATOMS, 3), torch.rand(2)
+    v, div = field.velocity_and_divergence(t, x, types)
+    jac = torch.autograd.functional.jacobian(lambda y: field(t[:1], y.view(1, N_ATOMS, 3), types[:1]).flatten(),
+                                             x[0].flatten())
+    assert div[0].item() == pytest.approx(torch.trace(jac).item(), rel=1e-10)
+    perm = torch.tensor([0, 1, 2, 3, 5, 4])  # a symmetry of the typed bond graph
+    assert (field(t, x[:, perm], types) - v[:, perm]).abs().max() < 1e-10
+    with pytest.raises(ValueError, match="for 6 atoms"):
+        field(t, torch.randn(2, 5, 3), types[:, :5])
+    with pytest.raises(ValueError, match="symmetric"):
+        PairwiseField(pair_features=torch.rand(4, 4, 2))
