@@ -36,10 +36,14 @@ class DivergenceCase:
     exact_chunk_size: int | None = None  # batched: basis vectors per backward pass (None: default)
     exact_row_chunk: int | str | None = "auto"  # exact: rows per block of field + divergence (None: all)
     compile: bool = False  # torch.compile the field (the warm-up absorbs the compilation)
+    field: str = "egnn"  # "egnn" (hidden, n_layers) | "pairwise" (PairwiseField, one hidden layer of width hidden)
 
     @property
     def mode(self) -> str:
-        """Column label: ``exact-loop``, ``exact-batched`` or ``hutchinson`` (``+compile``)."""
+        """Column label: ``exact-loop``, ``exact-batched``, ``hutchinson`` (``+compile``), or
+        ``exact-closed`` for the pair field's closed-form divergence."""
+        if self.field == "pairwise":
+            return "exact-closed" + ("+compile" if self.compile else "")
         name = f"exact-{self.exact_method}" if self.divergence == "exact" else self.divergence
         return name + ("+compile" if self.compile else "")
 
@@ -50,16 +54,19 @@ def _peak_rss_bytes() -> int:
 
 
 def run_case(case: DivergenceCase) -> dict:
-    """Build an EGNN flow for ``case`` and time one solve (rk4, ``n_steps``) in this process."""
+    """Build an EGNN (or pair-field) flow for ``case`` and time one solve (rk4, ``n_steps``) in this process."""
     from .distributions import CoMFreeGaussian
     from .flows import ContinuousFlow
-    from .nn import EGNNField
+    from .nn import EGNNField, PairwiseField
 
     torch.manual_seed(case.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     device = torch.device(case.device)
     cuda = device.type == "cuda"
-    field = EGNNField(dim=case.dim, hidden=case.hidden, n_layers=case.n_layers).to(device)
+    if case.field == "pairwise":
+        field = PairwiseField(dim=case.dim, hidden=case.hidden, n_layers=1).to(device)
+    else:
+        field = EGNNField(dim=case.dim, hidden=case.hidden, n_layers=case.n_layers).to(device)
     if case.compile:
         field = torch.compile(field, dynamic=False)
     kw = dict(divergence=case.divergence, exact_method=case.exact_method, exact_chunk_size=case.exact_chunk_size,

@@ -5,11 +5,14 @@ For each system (atoms x dim) and batch: one sampling solve with log-density (no
 one reverse-KL-style forward + backward pass, with rk4 and an EGNN field, each case in its own
 process. Modes: ``exact-loop`` (one backward pass per coordinate, the reference), ``exact-batched``
 (``--chunk-size`` coordinates per vmapped backward pass), ``hutchinson``; append ``+compile`` to a
-mode to ``torch.compile`` the field. Example:
+mode to ``torch.compile`` the field. ``exact-closed`` swaps the EGNN for the pair field
+(eqflow.nn.PairwiseField, one hidden layer of --hidden) whose exact divergence is closed form: a
+different model, shown for its cost. Example:
 
     python scripts/bench_divergence.py                       # the full table (slow on CPU)
     python scripts/bench_divergence.py --systems 22x3 --batches 256 --steps 1 --tasks sample
     python scripts/bench_divergence.py --modes exact-loop exact-loop+compile --tasks sample
+    python scripts/bench_divergence.py --systems 22x3 55x3 --batches 256 --modes exact-batched exact-closed
 """
 import argparse
 
@@ -22,7 +25,7 @@ def main():
     p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
     p.add_argument("--tasks", nargs="+", default=["sample", "revkl"], choices=["sample", "revkl"])
     p.add_argument("--modes", nargs="+", default=["exact-loop", "exact-batched", "hutchinson"],
-                   help="exact-loop | exact-batched | hutchinson, each optionally with +compile")
+                   help="exact-loop | exact-batched | hutchinson | exact-closed (pair field), each optionally with +compile")
     p.add_argument("--row-chunk", default="auto",
                    help="exact: rows per block of field + divergence: auto (32 on CPU, all on GPU), none, or N")
     p.add_argument("--chunk-size", type=int, default=None,
@@ -45,15 +48,17 @@ def main():
             for task in args.tasks:
                 for mode in args.modes:
                     name, _, extra = mode.partition("+")
-                    if name not in ("exact-loop", "exact-batched", "hutchinson") or extra not in ("", "compile"):
+                    if (name not in ("exact-loop", "exact-batched", "hutchinson", "exact-closed")
+                            or extra not in ("", "compile")):
                         p.error(f"unknown mode {mode!r}")
+                    closed = name == "exact-closed"
                     div = "hutchinson" if name == "hutchinson" else "exact"
-                    micro = args.exact_micro_batch if (div == "exact" and task == "revkl") else None
+                    micro = args.exact_micro_batch if (div == "exact" and task == "revkl" and not closed) else None
                     case = DivergenceCase(n, d, batch, div, task, args.steps, args.hidden, args.layers,
                                           args.memory_mode, micro, device=args.device,
-                                          exact_method=name.partition("-")[2] or "loop",
+                                          exact_method="loop" if closed else (name.partition("-")[2] or "loop"),
                                           exact_chunk_size=args.chunk_size, exact_row_chunk=row_chunk,
-                                          compile=extra == "compile")
+                                          compile=extra == "compile", field="pairwise" if closed else "egnn")
                     r = run_isolated(case, args.timeout)
                     rows.append(r)
                     status = r.get("error") or f"{r['wall_s']:.2f} s, {r['peak_gb']:.2f} GB"
