@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import read_checkpoint
 from .evaluation.report import energies_in_batches, evaluate_generator, fold_samples
+from .evaluation.sampling import draw_samples
 from .generator import load_checkpoint
 
 __all__ = ["compare_runs", "format_comparison", "COMPARISON_ROWS"]
@@ -97,8 +98,12 @@ def compare_runs(runs: dict, reference, out_dir=None, n_samples: int | None = No
         run = Path(run)
         gen = load_checkpoint(run, target=target)
         target = gen.target  # one target (and OpenMM pool) for every model
+        # One draw serves the metrics and the Ramachandran panel below (it was drawn twice).
+        torch.manual_seed(0)
+        cfg_n = gen.config.eval.n_samples if gen.config is not None else 10000
+        samples = draw_samples(gen, n_samples or cfg_n, progress=progress)
         metrics = evaluate_generator(gen, reference, out_dir=None if out_dir is None else Path(out_dir) / name,
-                                     n_samples=n_samples, nll_samples=nll_samples, progress=progress)
+                                     nll_samples=nll_samples, progress=progress, samples=samples)
         metrics.update(_run_costs(run))
         metrics["samples_per_second"] = _sampling_rate(gen, rate_samples)
         if "delta_f_reweighted" in metrics and "ref_delta_f" in metrics:
@@ -106,11 +111,7 @@ def compare_runs(runs: dict, reference, out_dir=None, n_samples: int | None = No
         out[name] = metrics
         dih = getattr(gen.target, "dihedrals", None)
         if out_dir is not None and dih is not None:
-            torch.manual_seed(0)
-            x, log_q = gen.sample(n_samples or 2000)
-            x, log_q, _ = fold_samples(gen, x.cpu(), log_q.cpu())
-            u = energies_in_batches(gen.target, x, gen.batch_size)
-            log_w = -u - log_q
+            x, log_w = samples["x"], samples["log_w"]
             w = torch.softmax(torch.where(torch.isfinite(log_w), log_w, -torch.inf), 0).numpy()
             phi, psi = phi_psi(x, phi=dih["phi"], psi=dih["psi"])
             panels[f"{name} (raw)"] = (phi, psi, None)
