@@ -35,6 +35,9 @@ class TargetConfig:
     reference: Optional[str] = "auto"       # reference samples: a path, "auto" (particle MCMC cache) or null
     reference_cache: str = "data_cache"     # where "auto" references are generated and cached
     energy_cut: float = 1000.0              # training energies above this (kT) grow only logarithmically
+    force_clip: Optional[float] = None      # reverse KL: cap each atom's energy gradient at this norm (kT per
+                                            # length unit) instead of the log damping's gradient, which lets
+                                            # an expanding model win (null: off; README "Energy damping")
 
 
 @dataclass
@@ -351,6 +354,9 @@ def _validate(cfg: Config) -> None:
                           "a wall-clock schedule needs a budget")
     if cfg.train.warmup_steps < 0:
         raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {cfg.train.warmup_steps!r}")
+    if cfg.target.force_clip is not None and not cfg.target.force_clip > 0:
+        raise ConfigError(f"config key 'target.force_clip' must be positive (kT per length unit) or null, "
+                          f"got {cfg.target.force_clip!r}")
     if not cfg.target.energy_cut >= 0:
         raise ConfigError(f"config key 'target.energy_cut' must be >= 0 (kT), got {cfg.target.energy_cut!r}")
     if not 0 <= cfg.train.skip_warning_fraction <= 1:

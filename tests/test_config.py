@@ -61,6 +61,7 @@ def test_objective_keys_validated():
     for bad, match in [
         ({"train": {"kl_weight": 0.0}}, "at least one must be > 0"),
         ({"train": {"fm_weight": -1.0}}, "'train.fm_weight' must be >= 0"),
+        ({"target": {"force_clip": 0.0}}, "'target.force_clip' must be positive"),
         ({"train": {"kl_weight": 0.0, "fm_data_weight": 1.0}, "target": {"reference": None}},
          "'train.fm_data_weight' > 0 needs reference"),
         ({"fm": {"align": False, "permute": True}}, "'fm.permute' needs"),

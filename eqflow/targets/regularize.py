@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["regularize_energy", "finite_mask", "masked_energy"]
+__all__ = ["regularize_energy", "finite_mask", "masked_energy", "clipped_force_energy"]
 
 
 def regularize_energy(u: torch.Tensor, cut: float = 1e3, max_value: float = 1e9) -> torch.Tensor:
@@ -46,16 +46,20 @@ def finite_mask(u: torch.Tensor) -> torch.Tensor:
 
 
 class _MaskedEnergy(torch.autograd.Function):
-    """``u(x)`` whose gradient rows are exactly zero where the energy or its force is not finite."""
+    """``u(x)`` whose gradient rows are exactly zero where the energy or its force is not finite
+    (and, with ``force_clip``, whose per-atom gradient norms are capped)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, target) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, target, force_clip: float | None = None) -> torch.Tensor:
         with torch.enable_grad():
             xd = x.detach().requires_grad_(True)
             u = target.energy(xd)
             (g,) = torch.autograd.grad(u.sum(), xd)
         u = u.detach()
         ok = torch.isfinite(u) & torch.isfinite(g).flatten(1).all(1)
+        if force_clip is not None:
+            norm = g.norm(dim=-1, keepdim=True)  # [B, N, 1] per-atom force magnitude
+            g = g * torch.clamp(force_clip / norm, max=1.0).nan_to_num(1.0)
         ctx.save_for_backward(torch.where(ok[:, None, None], g, torch.zeros_like(g)), ok)
         # A finite energy with a NaN force (coincident particles) is just as unusable: mark it +inf.
         return torch.where(ok, u, torch.full_like(u, float("inf")))
@@ -66,10 +70,10 @@ class _MaskedEnergy(torch.autograd.Function):
         # Dropped rows get an exactly zero gradient whatever flows back to them (0 · inf, NaN);
         # kept rows pass their incoming gradient through unchanged, NaN included (never hidden).
         grad_out = torch.where(ok, grad_out, torch.zeros_like(grad_out))
-        return grad_out[:, None, None] * g, None
+        return grad_out[:, None, None] * g, None, None
 
 
-def masked_energy(target, x: torch.Tensor) -> torch.Tensor:
+def masked_energy(target, x: torch.Tensor, force_clip: float | None = None) -> torch.Tensor:
     """Reduced energy ``[B]`` of ``x`` ``[B, N, dim]`` for training losses: ``+inf`` (and an exactly
     zero gradient) for every row whose energy or force is not finite.
 
@@ -78,5 +82,27 @@ def masked_energy(target, x: torch.Tensor) -> torch.Tensor:
     poisons the whole batch's gradient. Here the energy and its gradient are computed together in the
     forward pass (one energy and one force evaluation, as before) and non-finite rows are cut off,
     so a batch's gradient equals the gradient of its finite rows alone. No double backward.
+
+    ``force_clip`` (kT per unit length): the gradient of each atom is scaled down to at most this norm
+    (the energy value is unchanged), see :func:`clipped_force_energy`.
     """
-    return _MaskedEnergy.apply(x, target)
+    if force_clip is not None and not force_clip > 0:
+        raise ValueError(f"force_clip must be positive, got {force_clip}")
+    return _MaskedEnergy.apply(x, target, force_clip)
+
+
+def clipped_force_energy(u_raw: torch.Tensor, cut: float = 1e3) -> torch.Tensor:
+    """Training energy for :func:`masked_energy` ``(..., force_clip=F)``: the value of
+    :func:`regularize_energy` (a readable loss) with the gradient of ``u_raw`` itself, i.e. the force
+    with each atom's norm capped at ``F``.
+
+    Why not the logarithmic damping's gradient ``∇u / (1 + u - cut)``: it decays like ``1/u``, so a
+    model that scales a system by ``s`` meets a restoring gradient ``~2/s`` from a harmonic term while
+    its entropy gains ``dim·N/s``: reverse KL with a log-damped energy is unbounded below under
+    expansion (an LJ55 pair-field run grew its cluster 2e7-fold, docs/results.md). A capped force keeps
+    a restoring gradient of order ``F`` per atom at any size and still tames overlapping atoms.
+    Non-finite entries stay non-finite (and are dropped by the loss).
+    """
+    finite = torch.isfinite(u_raw)
+    u_safe = torch.where(finite, u_raw, torch.zeros_like(u_raw))
+    return regularize_energy(u_raw, cut=cut).detach() + (u_safe - u_safe.detach())

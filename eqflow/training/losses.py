@@ -7,12 +7,13 @@ import torch
 
 from ..flows import MixtureFlow
 from ..targets import Energy, masked_energy, regularize_energy
+from ..targets.regularize import clipped_force_energy
 
 __all__ = ["reverse_kl_loss", "maximum_likelihood_loss"]
 
 
 def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinetic_weight: float = 0.0,
-                    jacobian_weight: float = 0.0):
+                    jacobian_weight: float = 0.0, force_clip: float | None = None):
     """``KL(q || p) - log Z = E_q[log q(x) + u(x)]`` estimated on ``n`` reparameterized samples.
 
     ``kinetic_weight`` and ``jacobian_weight`` add ``λ_K E[∫|v|²dt] + λ_J E[∫‖∂v/∂x‖²_F dt]`` along the
@@ -20,7 +21,9 @@ def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinet
     the model: the training loss then rewards fields whose *integrated* log-density is wrong in its
     favour, and the flow's true density (a converged solve) is much worse than the loss says.
 
-    Energies are regularized above ``energy_cut`` (kT) for the gradient; samples whose energy, force
+    Energies are regularized above ``energy_cut`` (kT) for the gradient (with ``force_clip``: the loss
+    value is, the gradient is the force with each atom's norm capped at ``force_clip`` instead,
+    :func:`~eqflow.targets.regularize.clipped_force_energy`); samples whose energy, force
     or log-density is not finite are dropped and counted, and the energy side of a dropped sample
     contributes an exactly zero gradient (:func:`~eqflow.targets.masked_energy`). A sample whose
     *flow* output is already non-finite cannot be separated from the batch's gradient (its NaN
@@ -45,8 +48,8 @@ def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinet
             x, log_q = flow.sample(n)
             weights = None
         cost = flow.transport_cost if regularize else None
-    u_raw = masked_energy(target, x)  # +inf with zero gradient where energy or force is not finite
-    u = regularize_energy(u_raw, cut=energy_cut)
+    u_raw = masked_energy(target, x, force_clip)  # +inf with zero gradient where energy or force is not finite
+    u = regularize_energy(u_raw, cut=energy_cut) if force_clip is None else clipped_force_energy(u_raw, energy_cut)
     ok = torch.isfinite(u) & torch.isfinite(log_q)
     terms = (log_q + u)[ok]
     if weights is not None:

@@ -141,7 +141,8 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         _check_ladder_end(cfg, target)
         ev = cfg.eval
         trainer = Trainer(flow, target, cfg.train, out_dir=out_dir, train_data=train_ref, val_data=test_ref,
-                          energy_cut=cfg.target.energy_cut, val_every=ev.val_every, val_samples=ev.val_samples,
+                          energy_cut=cfg.target.energy_cut, force_clip=cfg.target.force_clip,
+                          val_every=ev.val_every, val_samples=ev.val_samples,
                           val_batch_size=ev.batch_size,
                           val_log_prob=((lambda x: flow.log_prob(x, divergence=resolve_eval_divergence(
                                             ev.divergence, flow.n_atoms, flow.dim, x.device, getattr(flow, "field", None))))

@@ -139,6 +139,8 @@ class Trainer:
     train_data : reference samples for the maximum-likelihood term (``settings.ml_weight > 0``)
     val_data : held-out reference samples; with ``val_every > 0`` their NLL is logged
     energy_cut : training energies above this (kT) grow only logarithmically
+    force_clip : cap on each atom's energy gradient in reverse KL (kT per unit length), instead of the
+        logarithmic damping's gradient; None: off (:func:`~eqflow.targets.regularize.clipped_force_energy`)
     val_every, val_samples, val_batch_size : validation NLL schedule and cost
     val_log_prob : ``x -> log q(x)`` used for validation (default ``model.log_prob``), e.g. with an
         exact divergence
@@ -200,7 +202,7 @@ class Trainer:
                  val_batch_size: int = 1000, val_log_prob=None, metadata: dict | None = None,
                  overwrite: bool = False, progress: bool = True, fm_settings: FMConfig | None = None,
                  buffer_settings: BufferConfig | None = None, anneal_settings: AnnealConfig | None = None,
-                 sample_fn=None):
+                 sample_fn=None, force_clip: float | None = None):
         self.model, self.target = model, target
         self.settings = t = settings if settings is not None else TrainConfig()
         self.out_dir = Path(out_dir if out_dir is not None else "runs/untitled")
@@ -209,6 +211,7 @@ class Trainer:
             remove_temporary_files(self.out_dir)  # from writes killed in an earlier run
         self.train_data = train_data
         self.energy_cut = float(energy_cut)
+        self.force_clip = None if force_clip is None else float(force_clip)
         self.val_every, self.val_batch_size = int(val_every), int(val_batch_size)
         self.val_x = (None if val_data is None or val_every <= 0 else val_data.positions[:val_samples])
         self.val_log_prob = val_log_prob or model.log_prob
@@ -357,7 +360,8 @@ class Trainer:
         record = {}
         if t.kl_weight > 0:
             kl, stats = reverse_kl_loss(self.model, self.energy, self._local_batch(t.batch_size), self.energy_cut,
-                                        kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight)
+                                        kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight,
+                                        force_clip=self.force_clip)
             loss = loss + t.kl_weight * kl
             record.update({k: stats[k] for k in ("kinetic", "jacobian") if k in stats})
             record.update(kl=stats["kl"], energy=stats["energy"], dropped=stats["n_dropped"], log_w=stats["log_w"])
