@@ -81,7 +81,9 @@ def export_pretrained(run, dest, command: str | None = None, overwrite: bool = F
     return dest
 
 
-_HEADLINE = (("ess", "ESS"), ("eval_divergence", "divergence of log q"), ("n_samples", "samples"),
+_HEADLINE = (("ess", "ESS"), ("ess_split_min", "ESS, lowest of 5 fifths of the draw"),
+             ("ess_split_max", "ESS, highest of 5 fifths"), ("pareto_k", "Pareto k of the weights (>= 0.7: ESS unreliable)"),
+             ("eval_divergence", "divergence of log q"), ("n_samples", "samples"),
              ("nll", "NLL on reference (nats)"), ("energy_w1_reweighted", "energy W1 reweighted"),
              ("delta_f_reweighted", "ΔF(phi) reweighted (kT)"), ("ref_delta_f", "ΔF(phi) reference (kT)"),
              ("pop_phi>0_raw", "P(phi>0) raw"), ("rama_kl_reweighted", "Ramachandran KL reweighted"))
