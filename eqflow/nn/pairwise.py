@@ -106,8 +106,8 @@ class PairwiseField(nn.Module):
         self.dim, self.n_node_features = int(dim), int(n_node_features)
         self.time_embedding = TimeEmbedding(n_frequencies)
         self.rbf = GaussianRBF(r_max, n_basis)
-        # First layer split by input (radial [B,N,N], time [B], atom pairs [B,N,N]) and added by
-        # broadcasting: the [B, N, N, n_basis + time + 2F] concatenation is never built.
+        # First layer split by input (radial [B, P], time [B], atom pairs [B, P], static pairs [P]) and
+        # added by broadcasting: the [B, P, n_basis + time + 2F + P'] concatenation is never built.
         self.lin_r = nn.Linear(n_basis, hidden)
         self.lin_t = nn.Linear(self.time_embedding.out_features, hidden, bias=False)
         self.lin_pair = nn.Linear(2 * self.n_node_features, hidden, bias=False) if self.n_node_features else None
@@ -158,6 +158,8 @@ class PairwiseField(nn.Module):
             self._pair_cache = (key, (i, j, n))
         pairs = self._pair_cache[1]
         diff = x[:, pairs[0]] - x[:, pairs[1]]  # [B, P, dim]
+        # Coincident atoms (r = 0) give a NaN gradient here: such samples are dropped and counted by
+        # training like any other non-finite one.
         return diff, diff.pow(2).sum(-1).sqrt(), pairs
 
     @staticmethod
