@@ -46,7 +46,7 @@ class FieldConfig:
     hidden: int = 64              # EGNN width (pairwise: width of the pair MLP)
     n_layers: int = 4             # EGNN / e3nn layers (pairwise: hidden layers of the pair MLP)
     n_frequencies: int = 4        # time embedding
-    coord_gain: float = 1.0       # EGNN coordinate-update scale
+    coord_gain: float = 1.0       # EGNN coordinate-update scale (pairwise: bound on each atom's speed)
     coord_aggregation: str = "mean"  # EGNN: mean or sum of the pair terms of the coordinate update
     n_scalars: int = 32           # e3nn: scalar embedding width (time and node features)
     hidden_irreps: str = "64x0e + 16x1o"  # e3nn hidden irreps (must include 1o: the velocity is read from it)

@@ -17,6 +17,13 @@ whatever the number of atoms. This is the "simple dynamics" of Köhler, Klein & 
 flows: exact likelihood generative learning for symmetric densities" (ICML 2020), with an MLP on
 radial, time and atom-type features in place of their linear radial expansion.
 
+``φ`` is bounded like EGNN's coordinate update: ``φ_ij = gain · tanh(m_ij) / ((r_ij + 1)(N - 1))``
+with ``m_ij`` the pair MLP's output, so ``|v_i| <= gain`` whatever the weights (``aggregation="sum"``
+drops the ``N - 1``). An unbounded ``φ``
+let reverse KL learn a stiff field whose 8-step rk4 solve flattered ``log q`` by ~40 nats on DW4
+while the converged solve flung particles 1e4 away; the bound keeps the field a sum of functions of
+``r_ij`` alone, so the closed form above still holds (``∂φ/∂r`` includes the factor's derivative).
+
 Symmetries: ``φ`` is symmetric in ``(i, j)`` (the atom features enter as ``a_i + a_j`` and
 ``a_i ⊙ a_j``), so the pair terms cancel in ``Σ_i v_i`` and the field is mean-free; it is invariant to
 translations and equivariant to rotations, reflections and permutations of atoms with equal
@@ -89,6 +96,9 @@ class PairwiseField(nn.Module):
         it ``φ`` tends to a constant per (time, atom pair types), a global contraction or expansion
     pair_features : optional static, symmetric features of the atom pairs ``[N, N, P]`` (e.g.
         :func:`bond_hop_features` of a molecule); they fix the number of atoms
+    gain : bound on each atom's speed, ``|v_i| <= gain`` (units of the field's input per unit time)
+    aggregation : ``"mean"`` divides the pair terms by ``N - 1`` (the bound above); ``"sum"`` does not,
+        so one close pair can push as hard as ``gain`` (``|v_i| <= gain·(N - 1)``)
 
     Call ``field(t [B], x [B, N, dim], h [B, N, F] or None) -> v [B, N, dim]``;
     ``field.velocity_and_divergence(t, x, h, create_graph) -> (v [B, N, dim], div [B])``.
@@ -99,8 +109,13 @@ class PairwiseField(nn.Module):
 
     def __init__(self, dim: int = 3, n_node_features: int = 0, hidden: int = 64, n_layers: int = 2,
                  n_frequencies: int = 4, n_basis: int = 16, r_max: float = 5.0,
-                 pair_features: torch.Tensor | None = None):
+                 pair_features: torch.Tensor | None = None, gain: float = 1.0, aggregation: str = "mean"):
         super().__init__()
+        if not gain > 0:
+            raise ValueError(f"gain must be positive, got {gain}")
+        if aggregation not in ("mean", "sum"):
+            raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")
+        self.gain, self.aggregation = float(gain), aggregation
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
         self.dim, self.n_node_features = int(dim), int(n_node_features)
@@ -147,7 +162,9 @@ class PairwiseField(nn.Module):
             if n != self.n_atoms:
                 raise ValueError(f"this field's pair features are for {self.n_atoms} atoms, got x with {n}")
             pre = pre + self.lin_static(self.pair_features.to(r.dtype))
-        return self.mlp(pre).squeeze(-1)
+        # Bounded pair weight: |Σ_j x_ij φ_ij| <= gain since |x_ij| / (r_ij + 1) < 1 (see module doc).
+        norm = max(n - 1, 1) if self.aggregation == "mean" else 1
+        return (self.gain / norm) * torch.tanh(self.mlp(pre).squeeze(-1)) / (r + 1.0)
 
     def _pairs(self, x: torch.Tensor):
         """Each unordered pair once (``i < j``): ``φ`` is symmetric, so half the pair work."""

@@ -187,3 +187,20 @@ def test_pairwise_field_with_pair_features_divergence_and_permutations(float64):
         field(t, torch.randn(2, 5, 3), types[:, :5])
     with pytest.raises(ValueError, match="symmetric"):
         PairwiseField(pair_features=torch.rand(4, 4, 2))
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum"])
+def test_pairwise_speed_is_bounded_by_the_gain_whatever_the_weights(float64, aggregation):
+    field = PairwiseField(dim=3, hidden=8, n_layers=1, n_basis=4, r_max=3.0, gain=0.5, aggregation=aggregation)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(0.0).add_(50.0 * torch.randn_like(p))  # huge weights: tanh saturates
+    x = 10.0 * torch.randn(16, N_ATOMS, 3)
+    speed = field(torch.rand(16), x).norm(dim=-1)
+    bound = 0.5 if aggregation == "mean" else 0.5 * (N_ATOMS - 1)
+    assert speed.max() <= bound
+    assert speed.max() > 0.2 * bound  # saturated, not vanishing
+    _, div = field.velocity_and_divergence(torch.rand(16), x)
+    assert torch.isfinite(div).all()
+    with pytest.raises(ValueError, match="aggregation"):
+        PairwiseField(aggregation="max")
