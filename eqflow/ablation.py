@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from .comparison import ESS_RELIABILITY_ROWS
 from .config import Config, ConfigError, apply_overrides, load_config
 from .errors import EqflowError
 
@@ -259,9 +260,7 @@ def run_ablation(vset: VariantSet, out, names=None, budget_minutes: float = 30.0
 ABLATION_ROWS = [
     ("status", "status"),
     ("ess", "ESS (fraction of n)"),
-    ("ess_split_min", "  ESS, lowest of 5 fifths"),
-    ("ess_split_max", "  ESS, highest of 5 fifths"),
-    ("pareto_k", "  Pareto k (>= 0.7: ESS unreliable)"),
+    *ESS_RELIABILITY_ROWS,
     ("eval_divergence", "  divergence of the ESS log q"),
     ("n_samples", "  model samples evaluated"),
     ("nll", "NLL on the reference (nats)"),

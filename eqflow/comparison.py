@@ -20,15 +20,20 @@ from .evaluation.report import energies_in_batches, evaluate_generator, fold_sam
 from .evaluation.sampling import draw_samples
 from .generator import load_checkpoint
 
-__all__ = ["compare_runs", "format_comparison", "COMPARISON_ROWS"]
+__all__ = ["compare_runs", "format_comparison", "COMPARISON_ROWS", "ESS_RELIABILITY_ROWS"]
+
+# How far one draw's ESS can be trusted (eqflow.evaluation.report): the rows under "ESS" in the tables
+ESS_RELIABILITY_ROWS = [
+    ("ess_split_min", "  ESS, lowest of 5 fifths"),
+    ("ess_split_max", "  ESS, highest of 5 fifths"),
+    ("pareto_k", "  Pareto k (>= 0.7: ESS unreliable)"),
+]
 
 # (summary key, label) in the order of the printed table
 COMPARISON_ROWS = [
     ("model", "model"),
     ("ess", "ESS (fraction of n)"),
-    ("ess_split_min", "  ESS, lowest of 5 fifths"),
-    ("ess_split_max", "  ESS, highest of 5 fifths"),
-    ("pareto_k", "  Pareto k (>= 0.7: ESS unreliable)"),
+    *ESS_RELIABILITY_ROWS,
     ("eval_divergence", "evaluation divergence"),
     ("eval_solver", "evaluation solve"),
     ("logq_solver_mae", "log q solver error (nats)"),

@@ -165,11 +165,12 @@ def compare_with_summary(shipped: dict, fresh: dict, scale: float = 1.0) -> list
         tol = _tolerance(key, shipped, fresh, scale)
         ok = a == b or abs(a - b) <= tol or (math.isnan(a) and math.isnan(b))
         verdict = "ok" if ok else "DIFFERS"
-        k = max([float(d["pareto_k"]) for d in (shipped, fresh) if math.isfinite(float(d.get("pareto_k", math.nan)))],
-                default=math.nan)
-        if not ok and key == "ess" and k >= HEAVY_TAIL_K:
-            # the ESS of one draw is decided by its largest weights: two draws may differ by factors
-            verdict = f"DIFFERS (heavy-tailed weights, Pareto k {k:.2f}: one draw's ESS is unreliable)"
+        if not ok and key == "ess":
+            k = max([float(d["pareto_k"]) for d in (shipped, fresh)
+                     if math.isfinite(float(d.get("pareto_k", math.nan)))], default=math.nan)
+            if k >= HEAVY_TAIL_K:
+                # the ESS of one draw is decided by its largest weights: two draws may differ by factors
+                verdict = f"DIFFERS (heavy-tailed weights, Pareto k {k:.2f}: one draw's ESS is unreliable)"
         rows.append((key, a, b, abs(a - b), tol, verdict))
     return rows
 

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-__all__ = ["TimeEmbedding", "node_inputs", "ScaledField"]
+__all__ = ["TimeEmbedding", "node_inputs", "check_node_features", "ScaledField"]
 
 
 class TimeEmbedding(torch.nn.Module):
@@ -25,11 +25,9 @@ class TimeEmbedding(torch.nn.Module):
         return torch.cat([t[:, None], wt.sin(), wt.cos()], dim=-1)
 
 
-def node_inputs(t_emb: torch.Tensor, h: torch.Tensor | None, n_atoms: int,
-                n_node_features: int) -> torch.Tensor:
-    """Concatenate node features ``h`` ``[B, N, F]`` with the time embedding broadcast to nodes."""
-    b = t_emb.shape[0]
-    parts = [t_emb[:, None, :].expand(b, n_atoms, t_emb.shape[-1])]
+def check_node_features(h: torch.Tensor | None, n_atoms: int, n_node_features: int) -> bool:
+    """Validate node features ``h`` ``[B, N, F]`` against a field built for ``n_node_features``;
+    True when the field has node features to read (False: ``h`` is absent or empty, as it must be)."""
     if n_node_features:
         if h is None:
             raise ValueError(f"this field expects node features h of shape [batch, {n_atoms}, "
@@ -37,9 +35,19 @@ def node_inputs(t_emb: torch.Tensor, h: torch.Tensor | None, n_atoms: int,
         if h.dim() != 3 or h.shape[1] != n_atoms or h.shape[2] != n_node_features:
             raise ValueError(f"node features h must have shape [batch, {n_atoms}, {n_node_features}], "
                              f"got {tuple(h.shape)}")
-        parts.append(h.to(t_emb.dtype).expand(b, -1, -1))
-    elif h is not None and h.numel() and h.shape[-1] != 0:
+        return True
+    if h is not None and h.numel() and h.shape[-1] != 0:
         raise ValueError(f"this field was built with n_node_features=0 but got h of shape {tuple(h.shape)}")
+    return False
+
+
+def node_inputs(t_emb: torch.Tensor, h: torch.Tensor | None, n_atoms: int,
+                n_node_features: int) -> torch.Tensor:
+    """Concatenate node features ``h`` ``[B, N, F]`` with the time embedding broadcast to nodes."""
+    b = t_emb.shape[0]
+    parts = [t_emb[:, None, :].expand(b, n_atoms, t_emb.shape[-1])]
+    if check_node_features(h, n_atoms, n_node_features):
+        parts.append(h.to(t_emb.dtype).expand(b, -1, -1))
     return torch.cat(parts, dim=-1)
 
 

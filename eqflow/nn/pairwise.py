@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .embedding import TimeEmbedding, check_field_inputs
+from .embedding import TimeEmbedding, check_field_inputs, check_node_features
 
 __all__ = ["PairwiseField", "bond_hop_features"]
 
@@ -149,15 +149,9 @@ class PairwiseField(nn.Module):
         """``φ`` ``[B, P]`` of the pairs ``i < j`` from their distances ``r`` ``[B, P]``."""
         n = pairs[2]
         pre = self.lin_r(self.rbf(r)) + self.lin_t(self.time_embedding(t))[:, None, :]
-        if self.lin_pair is not None:
-            if h is None or h.dim() != 3 or h.shape[1] != n or h.shape[2] != self.n_node_features:
-                got = None if h is None else tuple(h.shape)
-                raise ValueError(f"node features h must have shape [batch, {n}, {self.n_node_features}], got {got}")
+        if check_node_features(h, n, self.n_node_features):
             hi, hj = h.to(r.dtype)[:, pairs[0]], h.to(r.dtype)[:, pairs[1]]
             pre = pre + self.lin_pair(torch.cat([hi + hj, hi * hj], dim=-1))
-        elif h is not None and h.numel() and h.shape[-1] != 0:
-            raise ValueError(f"this field was built with n_node_features=0 but got node features h of "
-                             f"shape {tuple(h.shape)}")
         if self.lin_static is not None:
             if n != self.n_atoms:
                 raise ValueError(f"this field's pair features are for {self.n_atoms} atoms, got x with {n}")
