@@ -13,9 +13,11 @@ before logging; rank 0 alone writes files; a checkpoint does not depend on the n
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,6 +110,22 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist_info().enabled:
         dist.barrier()
+
+
+def wait_for_path(path, timeout_s: float = 7200.0, poll_s: float = 1.0, what: str = "file") -> Path:
+    """Wait until ``path`` exists (rank 0 writes it) and return it.
+
+    Not a collective on purpose: what rank 0 makes (an MCMC reference for LJ55 takes longer than a
+    process group's timeout) may outlast a barrier. If rank 0 fails instead, torchrun stops the
+    waiting ranks; a single process never waits. Raises ``TimeoutError`` naming the file.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + float(timeout_s)
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank()}: waited {timeout_s:.0f} s for rank 0 to write the {what} {path}")
+        time.sleep(poll_s)
+    return path
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:

@@ -55,10 +55,8 @@ def main(argv=None):
         if args.n_steps:
             overrides.append(f"eval.n_steps={args.n_steps}")
         gen = Generator(gen.model, gen.target, apply_overrides(gen.config, overrides))
-        for turn in (True, False):  # rank 0 first: it may generate and cache the reference
-            if info.is_main == turn:
-                _, test = resolve_reference(gen.config, gen.target)
-            dd.barrier()
+        # rank 0 may generate and cache the reference; the others wait for its file
+        _, test = resolve_reference(gen.config, gen.target, progress=info.is_main, generate=info.is_main)
         run = Path(args.run)
         out = Path(args.out) if args.out else (run if run.is_dir() else run.parent)
         if info.is_main:

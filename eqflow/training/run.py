@@ -13,6 +13,7 @@ from ..builders import build_model, build_target
 from ..checkpoint import previous_path
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..distributions import ensure_particle_reference, load_reference, split_reference
+from ..distributions.reference import reference_path
 from ..evaluation.plots import plot_mode_diagnostics, plot_training_curves
 from ..flows import ContinuousFlow
 from ..evaluation.report import evaluate_generator, format_summary, save_summary
@@ -27,11 +28,12 @@ __all__ = ["run_training", "resolve_reference", "prepare_run_folder", "check_dev
 PARTICLE_SYSTEMS = ("dw4", "lj13", "lj55")
 
 
-def resolve_reference(cfg: Config, target=None, progress: bool = True):
+def resolve_reference(cfg: Config, target=None, progress: bool = True, generate: bool = True):
     """Load ``cfg.target.reference`` and split it: ``(train, test)`` or ``(None, None)``.
 
     ``"auto"`` generates (once) and caches an MCMC reference for the particle systems; for other
-    targets it means none.
+    targets it means none. With ``generate=False`` a missing cached reference is waited for instead
+    (the other ranks under torchrun, while rank 0 generates it: one MCMC run, not one per rank).
     """
     ref = cfg.target.reference
     if ref is None:
@@ -41,8 +43,12 @@ def resolve_reference(cfg: Config, target=None, progress: bool = True):
             warnings.warn(f"no automatic reference for target {cfg.target.name!r}: set target.reference to a "
                           "trajectory (scripts/simulate_md.py) for reference metrics", stacklevel=2)
             return None, None
-        path = ensure_particle_reference(cfg.target.name, cache_dir=cfg.target.reference_cache,
-                                         progress=progress)
+        if generate:
+            path = ensure_particle_reference(cfg.target.name, cache_dir=cfg.target.reference_cache,
+                                             progress=progress)
+        else:
+            path = dd.wait_for_path(reference_path(cfg.target.name, cfg.target.reference_cache),
+                                    what="MCMC reference")
     else:
         path = Path(ref)
         if not path.exists():
@@ -133,7 +139,8 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
     try:
         target = build_target(cfg)
         flow = build_model(cfg, target).to(device)
-        train_ref, test_ref = resolve_reference(cfg, target, progress=progress)
+        train_ref, test_ref = resolve_reference(cfg, target, progress=progress and info.is_main,
+                                                generate=info.is_main)
         if train_ref is not None:
             train_ref.positions = train_ref.positions.to(_dtype(cfg))
         if test_ref is not None:

@@ -92,3 +92,28 @@ def test_scaling_table_efficiency():
             {"world": 2, "system": "dw4", "batch": 256, "seconds_per_step": 0.625, "samples_per_second": 160.0}]
     table = scaling_table(rows)
     assert "80%" in table.splitlines()[-1] and table.splitlines()[-1].count("80%") == 2
+
+
+def test_ranks_other_than_0_wait_for_the_reference_instead_of_generating_it(tmp_path):
+    """Only rank 0 runs the MCMC for a missing 'auto' reference; the others read its file when it
+    appears (polling, not a barrier: LJ55's MCMC outlasts the process group's timeout)."""
+    import threading
+
+    import numpy as np
+
+    from eqflow.config import apply_overrides, load_config
+    from eqflow.distributed import wait_for_path
+    from eqflow.distributions.reference import reference_path, save_reference
+    from eqflow.training import resolve_reference
+
+    with pytest.raises(TimeoutError, match="rank 0"):
+        wait_for_path(tmp_path / "never.npz", timeout_s=0.2, poll_s=0.05)
+    cfg = apply_overrides(load_config(ROOT / "configs" / "dw4.yaml"),
+                          ["target.reference=auto", f"target.reference_cache={tmp_path}"])
+    path = reference_path("dw4", tmp_path)
+    rng = np.random.default_rng(0)
+    writer = threading.Timer(0.3, save_reference, (path, rng.normal(size=(50, 4, 2)), rng.normal(size=50)))
+    writer.start()
+    train_ref, test_ref = resolve_reference(cfg, progress=False, generate=False)  # would run the MCMC if it generated
+    writer.join()
+    assert len(train_ref) + len(test_ref) == 50
