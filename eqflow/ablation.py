@@ -36,6 +36,7 @@ import yaml
 from .comparison import ESS_RELIABILITY_ROWS
 from .config import Config, ConfigError, apply_overrides, load_config
 from .errors import EqflowError
+from .evaluation.report import add_delta_f_error
 
 __all__ = ["Variant", "VariantSet", "VARIANT_SETS", "ABLATION_ROWS", "load_variant_set", "variant_config",
            "variant_state", "train_command", "run_ablation", "collect_results", "format_ablation",
@@ -298,8 +299,7 @@ def collect_results(out, names, status: dict | None = None) -> dict:
         steps, secs = m.get("steps"), m.get("train_seconds")
         if steps and secs is not None:
             m["seconds_per_step"] = float(secs) / float(steps)
-        if "delta_f_reweighted" in m and "ref_delta_f" in m:
-            m["delta_f_error"] = abs(float(m["delta_f_reweighted"]) - float(m["ref_delta_f"]))
+        add_delta_f_error(m)
         m["status"] = st or "done"
         res[name] = m
     return res

@@ -111,8 +111,6 @@ def compare_runs(runs: dict, reference, out_dir=None, n_samples: int | None = No
                                      nll_samples=nll_samples, progress=progress, samples=samples)
         metrics.update(_run_costs(run))
         metrics["samples_per_second"] = _sampling_rate(gen, rate_samples)
-        if "delta_f_reweighted" in metrics and "ref_delta_f" in metrics:
-            metrics["delta_f_error"] = abs(metrics["delta_f_reweighted"] - metrics["ref_delta_f"])
         out[name] = metrics
         dih = getattr(gen.target, "dihedrals", None)
         if out_dir is not None and dih is not None:

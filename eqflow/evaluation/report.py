@@ -14,7 +14,7 @@ from .metrics import (distance_histogram_distance, energy_w1, ess, ess_split, lo
 from .sampling import (draw_samples, energies_in_batches, fold_samples, gather_samples, is_molecule, load_samples,
                        shard_seed)
 
-__all__ = ["evaluate_generator", "format_summary", "save_summary", "energies_in_batches", "solver_check",
+__all__ = ["evaluate_generator", "format_summary", "add_delta_f_error", "save_summary", "energies_in_batches", "solver_check",
            "fold_samples"]
 
 
@@ -180,12 +180,21 @@ def _molecular_metrics(gen, x, w, reference, out_dir) -> dict:
         res["ref_delta_f"], res["ref_delta_f_std"] = delta_f(phi_r, block=50)
         for name, (p, s) in mode_populations(phi_r, psi_r, block=50).items():
             res[f"ref_pop_{name}"] = p
+        add_delta_f_error(res)
         res["rama_kl_raw"] = ramachandran_kl(phi, psi, None, phi_r, psi_r)
         res["rama_kl_reweighted"] = ramachandran_kl(phi, psi, w, phi_r, psi_r)
         panels["reference (MD)"] = (phi_r, psi_r, None)
     if out_dir is not None:
         plot_ramachandran(panels, str(Path(out_dir) / "ramachandran.png"))
     return res
+
+
+def add_delta_f_error(metrics: dict) -> dict:
+    """Add ``delta_f_error`` = |reweighted ΔF(phi) - MD reference ΔF(phi)| (kT) where both are in
+    ``metrics`` and it is not (summaries written before it was part of the evaluation). In place."""
+    if "delta_f_error" not in metrics and "delta_f_reweighted" in metrics and "ref_delta_f" in metrics:
+        metrics["delta_f_error"] = abs(float(metrics["delta_f_reweighted"]) - float(metrics["ref_delta_f"]))
+    return metrics
 
 
 def format_summary(metrics: dict, title: str = "eqflow summary") -> str:
