@@ -93,6 +93,8 @@ class TrainConfig:
     schedule_clock: str = "steps"  # steps | time: lr schedule and annealing rungs follow max(step/steps, seconds/budget)
     weight_decay: float = 0.0
     kl_weight: float = 1.0        # reverse KL (energy only, data-free)
+    kl_gradient: str = "total"    # total | path: reverse-KL gradient; path drops the zero-mean score term
+                                  # (zero variance at q = p; one extra reverse solve per step)
     ml_weight: float = 0.0        # maximum likelihood on reference samples
     ml_batch_size: int = 256      # also the batch of importance-weighted maximum likelihood (iwml_weight)
     fm_weight: float = 0.0        # importance-weighted flow matching on the replay buffer (data-free)
@@ -311,6 +313,7 @@ _CHOICES = {
     ("flow", "noise"): ("rademacher", "gaussian"),
     ("train", "lr_schedule"): ("constant", "cosine", "exponential"),
     ("train", "schedule_clock"): ("steps", "time"),
+    ("train", "kl_gradient"): ("total", "path"),
     ("train", "dtype"): ("float32", "float64"),
     ("eval", "divergence"): ("exact", "hutchinson", "auto"),
     ("flow", "base"): ("gaussian", "harmonic"),
@@ -347,6 +350,16 @@ def _validate(cfg: Config) -> None:
     for key in ("kinetic_weight", "jacobian_weight"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"config key 'train.{key}' must be >= 0, got {getattr(cfg.train, key)!r}")
+    if cfg.train.kl_gradient == "path" and cfg.train.kl_weight > 0:
+        if cfg.flow.n_components > 1:
+            raise ConfigError("config key 'train.kl_gradient' is 'path', which needs flow.n_components = 1 "
+                              f"(a mixture's component draw is not reparameterizable), got {cfg.flow.n_components}")
+        if cfg.train.kinetic_weight > 0 or cfg.train.jacobian_weight > 0:
+            raise ConfigError("config key 'train.kl_gradient' is 'path', which does not take the transport-cost "
+                              "regularizers: set train.kinetic_weight and train.jacobian_weight to 0")
+        if cfg.model.kind != "cartesian":
+            raise ConfigError(f"config key 'train.kl_gradient': path is for model.kind cartesian (continuous "
+                              f"flows), got {cfg.model.kind!r}")
     if cfg.train.budget_minutes is not None and not cfg.train.budget_minutes > 0:
         raise ConfigError(f"config key 'train.budget_minutes' must be positive or null, got {cfg.train.budget_minutes!r}")
     if cfg.train.schedule_clock == "time" and cfg.train.budget_minutes is None:

@@ -9,7 +9,11 @@ from ..flows import MixtureFlow
 from ..targets import Energy, masked_energy, regularize_energy
 from ..targets.regularize import clipped_force_energy
 
-__all__ = ["reverse_kl_loss", "maximum_likelihood_loss"]
+__all__ = ["reverse_kl_loss", "path_gradient_kl_loss", "maximum_likelihood_loss", "KL_GRADIENTS"]
+
+# How the reverse-KL gradient is estimated (train.kl_gradient): the total derivative of the
+# reparameterized loss, or its path part only (zero variance where q = p).
+KL_GRADIENTS = ("total", "path")
 
 
 def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinetic_weight: float = 0.0,
@@ -64,6 +68,56 @@ def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinet
     log_w = torch.where(ok, -u_raw - log_q, torch.full_like(u_raw, -float("inf"))).detach()
     stats = dict(kl=float(kl.detach()), n_dropped=int((~ok).sum()), log_w=log_w,
                  energy=float(u_raw[ok].detach().mean()) if ok.any() else float("nan"), **extra)
+    return loss, stats
+
+
+def path_gradient_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, force_clip: float | None = None):
+    """Reverse KL with the *path* gradient (Roeder et al. 2017, "sticking the landing"; for continuous
+    flows Vaitl et al. 2022): the same loss value as :func:`reverse_kl_loss`, but the gradient keeps
+    only the part that flows through the samples,
+
+        ∇θ ≈ mean_i  ∇x[u + log q_θ](x_i) · ∂x_i/∂θ,     x_i = φ_θ(z_i),
+
+    and drops the score term ``∂θ log q_θ(x)|_x``, whose expectation is zero (q integrates to one).
+    Both are unbiased; the path estimator's variance vanishes where ``q = p`` (then ``∇x[u + log q] = 0``),
+    so near convergence each step carries signal rather than noise.
+
+    Cost: one sampling solve without the divergence (its graph is kept for ``∂x/∂θ``), and one reverse
+    solve ``x -> z`` with the flow's divergence, differentiated with respect to ``x`` only. With the
+    Hutchinson divergence the gradient of ``log q`` in ``x`` is itself a one-probe estimate (unbiased,
+    but the variance no longer vanishes); with an exact divergence (:class:`~eqflow.nn.PairwiseField`:
+    closed form) it does.
+
+    Mixture flows with K > 1 components are refused: the component draw is not reparameterizable, so
+    the mixture weights would get no gradient. Transport-cost regularizers are refused too (use
+    :func:`reverse_kl_loss`).
+
+    Returns ``(loss, stats)`` as :func:`reverse_kl_loss`: ``loss`` has the value of the KL estimate and
+    the path gradient; samples with a non-finite energy, log-density or gradient are dropped and counted.
+    """
+    if isinstance(flow, MixtureFlow) and flow.n_components > 1:
+        raise ValueError("the path gradient needs a single-component flow (flow.n_components = 1): a mixture's "
+                         "component draw is not reparameterizable")
+    x, _ = flow.sample(n, with_log_prob=False)  # reparameterized: the graph to θ is kept for ∂x/∂θ
+    xd = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        log_q = flow.log_prob(xd)
+        u_raw = masked_energy(target, xd, force_clip)
+        u = regularize_energy(u_raw, cut=energy_cut) if force_clip is None else clipped_force_energy(u_raw, energy_cut)
+        ok = torch.isfinite(u) & torch.isfinite(log_q)
+        f = (u + log_q)[ok]
+        (g,) = torch.autograd.grad(f.sum(), xd) if ok.any() else (torch.zeros_like(xd),)
+    ok = ok & torch.isfinite(g).flatten(1).all(1)
+    n_ok = int(ok.sum())
+    if n_ok:
+        kl = (u + log_q)[ok].detach().mean()
+        surrogate = (g[ok].detach() * x[ok]).sum() / n_ok
+        loss = surrogate - surrogate.detach() + kl  # the value of the KL, the gradient of the path
+    else:
+        kl = loss = torch.full((), float("nan"), dtype=x.dtype)
+    log_w = torch.where(ok, -u_raw - log_q, torch.full_like(u_raw, -float("inf"))).detach()
+    stats = dict(kl=float(kl), n_dropped=n - n_ok, log_w=log_w,
+                 energy=float(u_raw[ok].detach().mean()) if n_ok else float("nan"))
     return loss, stats
 
 

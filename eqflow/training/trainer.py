@@ -36,7 +36,7 @@ from ..targets.tempered import TemperedEnergy
 from .annealing import TemperatureLadder
 from .buffer import ReplayBuffer
 from .flow_matching import align_pairs, draw_base, flow_matching_loss
-from .losses import maximum_likelihood_loss, reverse_kl_loss
+from .losses import maximum_likelihood_loss, path_gradient_kl_loss, reverse_kl_loss
 from .weighted import weighted_flow_matching_loss, weighted_maximum_likelihood_loss
 
 __all__ = ["Trainer", "TrainingInterrupted", "load_model_weights", "save_checkpoint_atomic", "make_scheduler", "seed_everything",
@@ -358,10 +358,14 @@ class Trainer:
         t = self.settings
         loss = 0.0
         record = {}
-        if t.kl_weight > 0:
+        if t.kl_weight > 0 and t.kl_gradient == "path":
+            kl, stats = path_gradient_kl_loss(self.model, self.energy, self._local_batch(t.batch_size),
+                                              self.energy_cut, force_clip=self.force_clip)
+        elif t.kl_weight > 0:
             kl, stats = reverse_kl_loss(self.model, self.energy, self._local_batch(t.batch_size), self.energy_cut,
                                         kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight,
                                         force_clip=self.force_clip)
+        if t.kl_weight > 0:
             loss = loss + t.kl_weight * kl
             record.update({k: stats[k] for k in ("kinetic", "jacobian") if k in stats})
             record.update(kl=stats["kl"], energy=stats["energy"], dropped=stats["n_dropped"], log_w=stats["log_w"])
