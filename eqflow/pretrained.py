@@ -118,6 +118,9 @@ def _readme(dest: Path, config: dict, state: dict, summary: dict | None, command
 
 
 HEAVY_TAIL_K = 0.7  # Pareto k of the weights from which one draw's ESS is unreliable (PSIS)
+# Lowest / highest ESS of the five fifths of a draw below which a few weights decide its ESS: one
+# outlier (DW4, one sample with 3 % of the weight) moves the ESS tenfold but is no tail for Pareto k.
+UNSTABLE_FIFTHS = 0.5
 # metric -> (absolute tolerance, relative tolerance); ΔF and populations get statistical tolerances
 CHECKED_METRICS = {
     "ess": (0.05, 0.25),
@@ -168,9 +171,16 @@ def compare_with_summary(shipped: dict, fresh: dict, scale: float = 1.0) -> list
         if not ok and key == "ess":
             k = max([float(d["pareto_k"]) for d in (shipped, fresh)
                      if math.isfinite(float(d.get("pareto_k", math.nan)))], default=math.nan)
+            spread = [(float(d["ess_split_min"]), float(d["ess_split_max"])) for d in (shipped, fresh)
+                      if "ess_split_min" in d and "ess_split_max" in d]
+            unstable = [(lo, hi) for lo, hi in spread if hi > 0 and lo / hi < UNSTABLE_FIFTHS]
             if k >= HEAVY_TAIL_K:
                 # the ESS of one draw is decided by its largest weights: two draws may differ by factors
                 verdict = f"DIFFERS (heavy-tailed weights, Pareto k {k:.2f}: one draw's ESS is unreliable)"
+            elif unstable:
+                lo, hi = unstable[0]
+                verdict = (f"DIFFERS (ESS of the fifths of a draw {lo:.3g}-{hi:.3g}: a few weights decide "
+                           "one draw's ESS)")
         rows.append((key, a, b, abs(a - b), tol, verdict))
     return rows
 

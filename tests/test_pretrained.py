@@ -92,13 +92,18 @@ def test_check_pretrained_reproduces_summary(dw4_run, tmp_path):
     assert "ess" in r.stdout and "DIFFERS" not in r.stdout
     # a changed model no longer reproduces its summary
     summary = json.loads((dest / "summary.json").read_text())
-    bad = dict(summary, ess=summary["ess"] + 0.5, nll=summary["nll"] + 10.0, pareto_k=0.2)
+    bad = dict(summary, ess=summary["ess"] + 0.5, nll=summary["nll"] + 10.0, pareto_k=0.2, ess_split_min=0.5,
+               ess_split_max=0.55)
     verdicts = {k: v for k, *_, v in compare_with_summary(bad, fresh)}
     assert verdicts["ess"].startswith("DIFFERS") and verdicts["nll"] == "DIFFERS"
     heavy = {k: v for k, *_, v in compare_with_summary(bad, dict(fresh, pareto_k=0.9))}
     assert "heavy-tailed weights, Pareto k 0.90" in heavy["ess"] and heavy["nll"] == "DIFFERS"
-    light = {k: v for k, *_, v in compare_with_summary(bad, dict(fresh, pareto_k=0.2))}
+    light = {k: v for k, *_, v in compare_with_summary(bad, dict(fresh, pareto_k=0.2, ess_split_min=0.5,
+                                                                  ess_split_max=0.55))}
     assert light["ess"] == "DIFFERS"
+    outlier = {k: v for k, *_, v in compare_with_summary(bad, dict(fresh, pareto_k=0.4, ess_split_min=0.03,
+                                                                    ess_split_max=0.76))}
+    assert "fifths of a draw 0.03-0.76" in outlier["ess"]
     other = {k: v for k, *_, v in compare_with_summary(summary, dict(fresh, eval_divergence="hutchinson"))}
     assert other["ess"].startswith("not compared") and other["energy_w1_raw"] == "ok"
 
