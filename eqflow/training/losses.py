@@ -6,14 +6,11 @@ import contextlib
 import torch
 
 from ..flows import MixtureFlow
+from ..geometry import remove_mean
 from ..targets import Energy, masked_energy, regularize_energy
 from ..targets.regularize import clipped_force_energy
 
-__all__ = ["reverse_kl_loss", "path_gradient_kl_loss", "maximum_likelihood_loss", "KL_GRADIENTS"]
-
-# How the reverse-KL gradient is estimated (train.kl_gradient): the total derivative of the
-# reparameterized loss, or its path part only (zero variance where q = p).
-KL_GRADIENTS = ("total", "path")
+__all__ = ["reverse_kl_loss", "path_gradient_kl_loss", "maximum_likelihood_loss"]
 
 
 def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinetic_weight: float = 0.0,
@@ -99,7 +96,9 @@ def path_gradient_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3,
         raise ValueError("the path gradient needs a single-component flow (flow.n_components = 1): a mixture's "
                          "component draw is not reparameterizable")
     x, _ = flow.sample(n, with_log_prob=False)  # reparameterized: the graph to θ is kept for ∂x/∂θ
-    xd = x.detach().requires_grad_(True)
+    # Projected again: float rounding must not trip log_prob's CoM-free check (the projection is a
+    # no-op on the subspace, and grad_x . dx/dθ only sees the subspace: dx/dθ lies in it).
+    xd = remove_mean(x.detach()).requires_grad_(True)
     with torch.enable_grad():
         log_q = flow.log_prob(xd)
         u_raw = masked_energy(target, xd, force_clip)
