@@ -13,6 +13,15 @@ from ..targets.regularize import clipped_force_energy
 __all__ = ["reverse_kl_loss", "path_gradient_kl_loss", "maximum_likelihood_loss"]
 
 
+def _training_energy(target: Energy, x: torch.Tensor, energy_cut: float, force_clip: float | None):
+    """``(u_raw, u)``: raw energies (+inf with zero gradient where energy or force is not finite) and
+    the ones training differentiates (log-damped above ``energy_cut``, or with ``force_clip`` the
+    damped value with each atom's force capped)."""
+    u_raw = masked_energy(target, x, force_clip)
+    u = regularize_energy(u_raw, cut=energy_cut) if force_clip is None else clipped_force_energy(u_raw, energy_cut)
+    return u_raw, u
+
+
 def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinetic_weight: float = 0.0,
                     jacobian_weight: float = 0.0, force_clip: float | None = None):
     """``KL(q || p) - log Z = E_q[log q(x) + u(x)]`` estimated on ``n`` reparameterized samples.
@@ -49,8 +58,7 @@ def reverse_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3, kinet
             x, log_q = flow.sample(n)
             weights = None
         cost = flow.transport_cost if regularize else None
-    u_raw = masked_energy(target, x, force_clip)  # +inf with zero gradient where energy or force is not finite
-    u = regularize_energy(u_raw, cut=energy_cut) if force_clip is None else clipped_force_energy(u_raw, energy_cut)
+    u_raw, u = _training_energy(target, x, energy_cut, force_clip)
     ok = torch.isfinite(u) & torch.isfinite(log_q)
     terms = (log_q + u)[ok]
     if weights is not None:
@@ -101,8 +109,7 @@ def path_gradient_kl_loss(flow, target: Energy, n: int, energy_cut: float = 1e3,
     xd = remove_mean(x.detach()).requires_grad_(True)
     with torch.enable_grad():
         log_q = flow.log_prob(xd)
-        u_raw = masked_energy(target, xd, force_clip)
-        u = regularize_energy(u_raw, cut=energy_cut) if force_clip is None else clipped_force_energy(u_raw, energy_cut)
+        u_raw, u = _training_energy(target, xd, energy_cut, force_clip)
         ok = torch.isfinite(u) & torch.isfinite(log_q)
         f = (u + log_q)[ok]
         (g,) = torch.autograd.grad(f.sum(), xd) if ok.any() else (torch.zeros_like(xd),)
