@@ -103,6 +103,8 @@ class TrainConfig:
     kinetic_weight: float = 0.0   # λ_K of ∫|v|² dt along sampling paths (RNODE; keeps few-step solves accurate)
     jacobian_weight: float = 0.0  # λ_J of ∫‖∂v/∂x‖²_F dt (Hutchinson estimate in training)
     grad_clip: float = 10.0       # max global gradient norm
+    ema_decay: float = 0.0        # exponential moving average of the weights (0: off; 0.99: ~last 100 steps);
+                                  # checkpoints, evaluation and export use the average
     skip_warning_fraction: float = 0.05  # warn once when more than this fraction of steps was skipped (non-finite)
     budget_minutes: Optional[float] = None  # training time cap (minutes): no step starts that would end past it
     checkpoint_every: int = 50
@@ -372,6 +374,8 @@ def _validate(cfg: Config) -> None:
                           f"got {cfg.target.force_clip!r}")
     if not cfg.target.energy_cut >= 0:
         raise ConfigError(f"config key 'target.energy_cut' must be >= 0 (kT), got {cfg.target.energy_cut!r}")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"config key 'train.ema_decay' must be in [0, 1), got {cfg.train.ema_decay!r}")
     if not 0 <= cfg.train.skip_warning_fraction <= 1:
         raise ConfigError("config key 'train.skip_warning_fraction' must be in [0, 1], "
                           f"got {cfg.train.skip_warning_fraction!r}")

@@ -4,6 +4,7 @@ from .flow_matching import align_pairs, draw_base, flow_matching_loss, hungarian
 from .buffer import ReplayBuffer
 from .weighted import weighted_flow_matching_loss, weighted_maximum_likelihood_loss
 from .annealing import TemperatureLadder, geometric_ladder
+from .ema import ParameterEMA
 from .losses import maximum_likelihood_loss, path_gradient_kl_loss, reverse_kl_loss
 from .trainer import (Trainer, TrainingInterrupted, load_model_weights, make_scheduler, save_checkpoint_atomic,
                       seed_everything)

@@ -160,6 +160,7 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         if resume:
             trainer.load()
         train_summary = trainer.train()
+        trainer.apply_ema()  # evaluate (and keep in memory) the averaged weights, as the checkpoint does
         summary = {"target": cfg.target.name, **train_summary}
         if not info.is_main:
             return summary

@@ -35,6 +35,7 @@ from ..geometry import remove_mean
 from ..targets.tempered import TemperedEnergy
 from .annealing import TemperatureLadder
 from .buffer import ReplayBuffer
+from .ema import ParameterEMA
 from .flow_matching import align_pairs, draw_base, flow_matching_loss
 from .losses import maximum_likelihood_loss, path_gradient_kl_loss, reverse_kl_loss
 from .weighted import weighted_flow_matching_loss, weighted_maximum_likelihood_loss
@@ -243,6 +244,9 @@ class Trainer:
         self.atom_types = getattr(target, "atom_types", None)
         self.n_energy_evals = 0
         self._step_start = None  # (temperature, buffer state) at the start of a step that changes them
+        # The average of the weights (train.ema_decay): what checkpoints store as "model" and what
+        # run_training evaluates (apply_ema); the raw weights go on training.
+        self.ema = ParameterEMA(model, t.ema_decay) if t.ema_decay > 0 else None
         self.optimizer = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                                        lr=t.lr, weight_decay=t.weight_decay)
         self._clock_seconds = 0.0  # training seconds agreed by all ranks at the last step boundary
@@ -274,7 +278,10 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "metadata": self.metadata,
-            "model": self.model.state_dict(),
+            # "model" is the model to use (the EMA when on); "train_model" the raw weights to resume from
+            "model": self.model.state_dict() if self.ema is None else self.ema.model_state_dict(self.model),
+            "train_model": None if self.ema is None else self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
@@ -311,7 +318,11 @@ class Trainer:
             box = [state]
             torch.distributed.broadcast_object_list(box, src=0)
             state = box[0]
-        self.model.load_state_dict(state["model"])
+        raw = state.get("train_model")
+        self.model.load_state_dict(raw if raw is not None else state["model"])
+        if self.ema is not None:
+            # A checkpoint without EMA: the average starts at its weights.
+            self.ema.load(state["model"], state.get("ema"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.n_skipped = state["step"], state["n_skipped"]
@@ -549,6 +560,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             else:
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
             lr = self.optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
@@ -564,6 +577,12 @@ class Trainer:
             record["loss"] = dd.all_reduce_mean({"loss": record["loss"]})["loss"]
         self._warn_if_many_skipped()
         return record
+
+    def apply_ema(self) -> None:
+        """Put the averaged weights (``train.ema_decay``) into the model, for sampling and evaluation
+        after training; nothing without EMA. The checkpoint already holds them as ``"model"``."""
+        if self.ema is not None:
+            self.ema.copy_to(self.model)
 
     def _warn_if_many_skipped(self) -> None:
         frac = self.settings.skip_warning_fraction
