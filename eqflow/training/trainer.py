@@ -173,6 +173,11 @@ class Trainer:
     step abandons it, the checkpoint holds the state from its start, and a resumed run equals an
     uninterrupted one step for step (this also reseeds the global generators, at every step).
 
+    With ``settings.ema_decay > 0`` a moving average of the weights (:class:`ParameterEMA`) is updated
+    after every optimizer step; the checkpoint's ``"model"`` is the average (what loaders and
+    evaluation use), ``"train_model"`` the raw weights that training resumes from, and
+    :meth:`apply_ema` puts the average into the model after training.
+
     Under ``torchrun`` (:mod:`eqflow.distributed`) each rank draws its share of the global batch
     ``settings.batch_size`` with its own seed stream, gradients are averaged over ranks before
     clipping, metrics are reduced over ranks, rank 0 alone writes files, signals stop all ranks at
