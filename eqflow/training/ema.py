@@ -46,8 +46,8 @@ class ParameterEMA:
     def update(self, model: torch.nn.Module) -> None:
         params = dict(model.named_parameters())
         weight = 1.0 - self.current_decay()
-        avg = [self.average[n] for n in self.names]
-        torch._foreach_lerp_(avg, [params[n].detach() for n in self.names], weight)
+        for n in self.names:  # a few dozen tensors: a loop costs microseconds per step
+            self.average[n].lerp_(params[n].detach(), weight)
         self.n_updates += 1
 
     def model_state_dict(self, model: torch.nn.Module) -> dict:
