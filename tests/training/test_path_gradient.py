@@ -1,5 +1,7 @@
 """The path-gradient reverse KL (train.kl_gradient: path): same value, the total gradient minus the
 zero-mean score term, and exactly zero where q = p."""
+import json
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from eqflow.distributions import MixtureBase
 from eqflow.flows import MixtureFlow
 from eqflow.nn import EGNNField
 from eqflow.targets import Energy
-from eqflow.training import path_gradient_kl_loss, reverse_kl_loss
+from eqflow.training import path_gradient_kl_loss, reverse_kl_loss, run_training
 
 
 class Harmonic(Energy):
@@ -86,10 +88,6 @@ def test_path_gradient_refuses_mixtures_and_regularizers():
 
 
 def test_trainer_takes_path_gradient_steps(tmp_path):
-    import json
-
-    from eqflow.training import run_training
-
     cfg = config_from_dict({
         "target": {"name": "dw4", "reference": None},
         "field": {"hidden": 8, "n_layers": 2},
