@@ -12,6 +12,8 @@ base distribution, a mixture and non-copyable references) and prefixes its state
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 __all__ = ["ParameterEMA"]
@@ -63,6 +65,23 @@ class ParameterEMA:
         params = dict(model.named_parameters())
         for n in self.names:
             params[n].copy_(self.average[n])
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        """The averaged parameters in ``model`` inside the block, the trained ones back afterwards
+        (in place: the optimizer's references to the parameters stay valid).
+
+        For scoring what checkpoints store as ``"model"`` (validation NLL) without ending training.
+        """
+        params = dict(model.named_parameters())
+        trained = {n: params[n].detach().clone() for n in self.names}
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n in self.names:
+                    params[n].copy_(trained[n])
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "n_updates": self.n_updates}

@@ -599,12 +599,14 @@ class Trainer:
                               RuntimeWarning, stacklevel=3)
 
     def validation_nll(self) -> float:
-        """NLL (nats) of the fixed held-out samples under the current model, no graph kept."""
+        """NLL (nats) of the fixed held-out samples, no graph kept: under the averaged weights when
+        ``train.ema_decay`` is on (what checkpoints store as ``"model"``, evaluation scores and
+        export ships), otherwise under the current ones."""
         from ..evaluation.metrics import nll
         self.model.eval()
         x = self.val_x.to(device=self._device(), dtype=self._dtype())
         bs = self.val_batch_size
-        with torch.no_grad():
+        with torch.no_grad(), (self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()):
             lq = torch.cat([self.val_log_prob(x[i:i + bs]) for i in range(0, x.shape[0], bs)])
         return nll(lq)
 
