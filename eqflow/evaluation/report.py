@@ -186,6 +186,22 @@ def _molecular_metrics(gen, x, w, reference, out_dir) -> dict:
         panels["reference (MD)"] = (phi_r, psi_r, None)
     if out_dir is not None:
         plot_ramachandran(panels, str(Path(out_dir) / "ramachandran.png"))
+    res.update(energy_term_medians(gen.target, x, reference))
+    return res
+
+
+def energy_term_medians(target, x, reference=None, n_max: int = 1000) -> dict:
+    """Median reduced energy of each kind of force (``target.energy_terms``, OpenMM targets) over the
+    first ``n_max`` model samples (``u_median_<force>_raw``) and reference frames
+    (``ref_u_median_<force>``): which term a model has not learned yet. Empty for other targets."""
+    if not hasattr(target, "energy_terms"):
+        return {}
+    res = {}
+    for key, pos in (("u_median_{}_raw", x), ("ref_u_median_{}", None if reference is None else reference.positions)):
+        if pos is None or not len(pos):
+            continue
+        for name, u in target.energy_terms(pos[:n_max]).items():
+            res[key.format(name)] = float(np.median(u))  # +inf rows (unevaluable) count as high
     return res
 
 

@@ -227,6 +227,7 @@ class OpenMMEnergy(Energy):
         self.n_nonfinite = 0
         self.n_evaluations = 0
         self._context = None
+        self._terms = None  # (force class names, Context with one group per class): energy_terms
         self._pool = None
         self._finalizer = None
 
@@ -234,6 +235,7 @@ class OpenMMEnergy(Energy):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_context"] = None
+        state["_terms"] = None
         state["_pool"] = None
         state["_finalizer"] = None
         return state
@@ -315,6 +317,44 @@ class OpenMMEnergy(Energy):
         """``-grad u(x)`` ``[B, N, 3]`` straight from OpenMM (kT/nm)."""
         return self.energy_and_force(x)[1]
 
+    def energy_terms(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """Reduced energy of each kind of force, ``{force class name: [B] float64}`` (kT).
+
+        Which term is wrong says what a model has not learned yet (bonds, angles, overlapping atoms
+        in ``NonbondedForce``...); the terms add up to :meth:`energy`. Evaluated in this process on
+        its own Context, one force group per force class (the System given at construction is not
+        touched); OpenMM allows 32 groups. Rows OpenMM cannot evaluate are ``+inf`` in every term.
+        No autograd: diagnostics only.
+        """
+        import openmm
+        import openmm.unit as unit
+
+        self.energy(x.detach()[:0])  # shape check only
+        if getattr(self, "_terms", None) is None:
+            system = openmm.XmlSerializer.deserialize(self.system_xml)
+            names = sorted({f.__class__.__name__ for f in system.getForces()})
+            if len(names) > 32:
+                raise ValueError(f"energy_terms needs at most 32 kinds of force, the system has {len(names)}")
+            for f in system.getForces():
+                f.setForceGroup(names.index(f.__class__.__name__))
+            self._terms = (names, _make_context(openmm.XmlSerializer.serialize(system), self.platform,
+                                                self.cpu_threads))
+        names, context = self._terms
+        pos = x.detach().to("cpu", torch.float64).numpy()
+        out = {name: np.full(pos.shape[0], np.inf) for name in names}
+        for i, xi in enumerate(pos):
+            if not np.isfinite(xi).all():
+                continue
+            try:
+                context.setPositions(xi)
+                values = [context.getState(getEnergy=True, groups={g}).getPotentialEnergy()
+                          .value_in_unit(unit.kilojoule_per_mole) for g in range(len(names))]
+            except (openmm.OpenMMException, ValueError, OverflowError):
+                continue
+            for name, v in zip(names, values):
+                out[name][i] = v / self.kT if np.isfinite(v) else np.inf
+        return out
+
     def close(self, kill: bool = False) -> None:
         """Stop the worker processes (if any; ``kill`` without waiting for them) and drop the Context.
         Safe to call twice."""
@@ -327,6 +367,7 @@ class OpenMMEnergy(Energy):
             self._finalizer = None
         self._pool = None
         self._context = None
+        self._terms = None
 
     def __enter__(self) -> "OpenMMEnergy":
         return self

@@ -142,3 +142,24 @@ def test_double_backward_raises():
     (g,) = torch.autograd.grad(m.energy(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), x)
+
+
+def test_energy_terms_add_up_to_the_energy_and_name_the_broken_term(mol):
+    import pickle
+
+    x = _perturbed(mol, n=4)
+    x[3, 0] = x[3, 21] + 0.02  # the two ends' atoms 0.02 nm apart: an overlap, seen in the nonbonded term
+    x = torch.cat([x, torch.full_like(x[:1], float("nan"))])
+    groups = [f.getForceGroup() for f in mol.system.getForces()]
+    terms = mol.energy.energy_terms(x)
+    names = {f.__class__.__name__ for f in mol.system.getForces()}
+    assert set(terms) == names and "HarmonicBondForce" in names
+    total = sum(terms.values())
+    u = mol.energy.energy(x).numpy()
+    assert np.allclose(total[:4], u[:4], rtol=1e-9, atol=1e-6)
+    assert np.isposinf(total[4]) and all(np.isposinf(v[4]) for v in terms.values())
+    # the overlap shows up where it is: the nonbonded term, not the bonds
+    assert terms["NonbondedForce"][3] > 1e4 and abs(terms["NonbondedForce"][0]) < 1e3
+    assert [f.getForceGroup() for f in mol.system.getForces()] == groups  # the caller's System untouched
+    clone = pickle.loads(pickle.dumps(mol.energy))  # the terms' Context is rebuilt, not pickled
+    assert np.allclose(sum(clone.energy_terms(x[:2]).values()), u[:2], rtol=1e-9)

@@ -172,6 +172,8 @@ def test_molecular_run_writes_ramachandran(tmp_path):
     assert (tmp_path / "ramachandran.png").exists()
     assert 0.0 <= summary["d_fraction"] <= 1.0
     assert abs(summary["pop_phi>0_raw"] + summary["pop_phi<0_raw"] - 1.0) < 1e-9
+    # the energy by kind of force: an untrained flow's bonds are far off
+    assert summary["u_median_HarmonicBondForce_raw"] > 100.0 and "u_median_NonbondedForce_raw" in summary
 
 
 def test_regularized_reverse_kl_adds_transport_cost(tmp_path):
