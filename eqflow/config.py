@@ -159,6 +159,9 @@ class BufferConfig:
     clip_quantile: Optional[float] = None   # cap log weights at this quantile of the buffer's (null: off)
     clip_log_ratio: Optional[float] = None  # cap log weights at max - this (null: off)
     tempering: float = 1.0        # w^β: 1 keeps the weights, 0 makes them uniform
+    mcmc_steps: int = 0           # MALA moves on each refreshed sample before it enters the buffer (0: off)
+    mcmc_step_size: float = 1e-3  # initial MALA step ε (length²; ~1e-5 nm² for a molecule), adapted per chain
+    mcmc_max_drift: Optional[float] = None  # cap on each atom's MALA drift (length; null: none)
 
 
 @dataclass
@@ -432,6 +435,17 @@ def _validate_objectives(cfg: Config) -> None:
         raise ConfigError(f"config key 'buffer.clip_log_ratio' must be positive or null, got {b.clip_log_ratio!r}")
     if not 0 <= b.tempering <= 1:
         raise ConfigError(f"config key 'buffer.tempering' must be in [0, 1], got {b.tempering!r}")
+    if b.mcmc_steps < 0:
+        raise ConfigError(f"config key 'buffer.mcmc_steps' must be >= 0, got {b.mcmc_steps!r}")
+    if not b.mcmc_step_size > 0:
+        raise ConfigError(f"config key 'buffer.mcmc_step_size' must be positive, got {b.mcmc_step_size!r}")
+    if b.mcmc_max_drift is not None and not b.mcmc_max_drift > 0:
+        raise ConfigError(f"config key 'buffer.mcmc_max_drift' must be positive or null, got {b.mcmc_max_drift!r}")
+    if b.mcmc_steps > 0 and b.tempering != 0:
+        # Chain states are not draws of q: -u - log q at them is no importance weight. Training on
+        # them unweighted is maximum likelihood on a p-invariant chain's states (fixed point q = p).
+        raise ConfigError(f"config key 'buffer.mcmc_steps' > 0 needs 'buffer.tempering': 0 (MALA-refined "
+                          f"samples are trained on unweighted), got {b.tempering!r}")
     if cfg.flow.harmonic_k < 0 or cfg.flow.harmonic_eps < 0:
         raise ConfigError("config keys 'flow.harmonic_k' and 'flow.harmonic_eps' must be >= 0, got "
                           f"{cfg.flow.harmonic_k!r} and {cfg.flow.harmonic_eps!r}")

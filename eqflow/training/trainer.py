@@ -32,6 +32,7 @@ from ..evaluation.metrics import ess
 from ..evaluation.modes import training_mode_populations
 from ..flows import ContinuousFlow
 from ..geometry import remove_mean
+from ..targets.langevin import mala
 from ..targets.tempered import TemperedEnergy
 from .annealing import TemperatureLadder
 from .buffer import ReplayBuffer
@@ -151,7 +152,9 @@ class Trainer:
     fm_settings : :class:`~eqflow.config.FMConfig` (alignment, permutation, ``sigma_min``, batch size)
         of the flow-matching terms
     buffer_settings : :class:`~eqflow.config.BufferConfig`; a :class:`ReplayBuffer` is kept when
-        ``fm_weight`` or ``iwml_weight`` is > 0
+        ``fm_weight`` or ``iwml_weight`` is > 0. With ``mcmc_steps > 0`` each refreshed sample first
+        makes that many MALA moves on the current rung's energy (:func:`eqflow.targets.mala`), and
+        the buffer holds the moved states (trained on unweighted: ``tempering: 0``)
     anneal_settings : :class:`~eqflow.config.AnnealConfig`; with ``temperatures`` the energies of every
         term are those of the current rung, ``u_T = u · T_target / T`` (:class:`TemperedEnergy`); the
         last rung must be the target's temperature (``target.temperature``, K, for molecules; 1 or
@@ -248,6 +251,8 @@ class Trainer:
         self.sample_fn = sample_fn if sample_fn is not None else model.sample
         self.atom_types = getattr(target, "atom_types", None)
         self.n_energy_evals = 0
+        # MALA step of the buffer's refinement (buffer.mcmc_steps), adapted and carried across refreshes
+        self.mcmc_step_size = float(bs.mcmc_step_size)
         self._step_start = None  # (temperature, buffer state) at the start of a step that changes them
         # The average of the weights (train.ema_decay): what checkpoints store as "model" and what
         # run_training evaluates (apply_ema); the raw weights go on training.
@@ -298,6 +303,7 @@ class Trainer:
             "ladder": None if self.ladder is None else self.ladder.state_dict(),
             "temperature": self.energy.temperature,
             "n_energy_evals": self.n_energy_evals,
+            "mcmc_step_size": self.mcmc_step_size,
         }
 
     def save(self) -> Path:
@@ -342,6 +348,7 @@ class Trainer:
             self.ladder.load_state_dict(state["ladder"])
         self.energy.temperature = float(state.get("temperature", self.energy.temperature))
         self.n_energy_evals = int(state.get("n_energy_evals", 0))
+        self.mcmc_step_size = float(state.get("mcmc_step_size", self.mcmc_step_size))
         self._resumed = True
         if dd.is_main():
             self._truncate_metrics()
@@ -455,7 +462,7 @@ class Trainer:
                                                or self.step % self.buffer_settings.refresh_every == 0)
         if rung_change or refresh:
             self._step_start = (self.energy.temperature,
-                                None if self.buffer is None else self.buffer.state_dict())
+                                None if self.buffer is None else self.buffer.state_dict(), self.mcmc_step_size)
         if rung_change:
             record.update(rung_change=1, previous_temperature=self.energy.temperature)
             self.energy.temperature = temp
@@ -470,7 +477,7 @@ class Trainer:
     def _undo_step(self) -> None:
         if self._step_start is None:
             return
-        temp, buf = self._step_start
+        temp, buf, self.mcmc_step_size = self._step_start
         self.energy.temperature = temp
         if buf is not None:
             self.buffer.load_state_dict(buf)
@@ -494,6 +501,9 @@ class Trainer:
                 lqs.append(log_q.detach())
                 us.append(self.energy.energy(x.detach()).detach())
         x, log_q, u = torch.cat(xs), torch.cat(lqs), torch.cat(us)
+        mcmc = {}
+        if self.buffer_settings.mcmc_steps > 0:
+            x, log_q, u, mcmc = self._refine(x, u)
         n_dropped = self.buffer.add(x, log_q, u)
         st = self.buffer.stats()
         ok = torch.isfinite(u) & torch.isfinite(log_q)
@@ -503,12 +513,36 @@ class Trainer:
                       buffer_dropped=n_dropped,
                       refresh_energy_mean=float(u_target.mean()) if ok.any() else float("nan"),
                       refresh_energy_min=float(u_target.min()) if ok.any() else float("nan"))
+        record.update(mcmc)
         log_w = torch.where(ok, -u - log_q, torch.full_like(u, -float("inf")))
         # log_w always given (all -inf gives zero weights): every rank logs the same keys.
         modes = training_mode_populations(self.target, x.cpu(), log_w.cpu(),
                                           reflection_symmetric=getattr(self.model, "reflection_symmetric", True))
         record.update(modes)
         return record
+
+    def _refine(self, x: torch.Tensor, u_model: torch.Tensor):
+        """``buffer.mcmc_steps`` MALA moves (:func:`eqflow.targets.mala`) from the model's samples
+        ``x`` at the current temperature, then ``log q`` of the moved states (for the buffer's
+        diagnostics; the loss trains on them unweighted, ``buffer.tempering: 0``). The step size
+        carries over from one refresh to the next (checkpointed). Returns ``(x, log_q, u, record)``."""
+        bs = self.buffer_settings
+        ok = torch.isfinite(u_model)
+        out = mala(self.energy, x, bs.mcmc_steps, self.mcmc_step_size, max_drift=bs.mcmc_max_drift)
+        if torch.isfinite(out.u).any():
+            self.mcmc_step_size = float(out.step_size[torch.isfinite(out.u)].median())
+        if self.dist.enabled:  # one step size for all ranks (and the checkpoint)
+            self.mcmc_step_size = float(dd.all_reduce_mean({"s": self.mcmc_step_size})["s"])
+        chunk = max(1, self._local_batch(self.settings.batch_size))
+        with torch.no_grad():
+            log_q = torch.cat([self.model.log_prob(out.x[i:i + chunk]).detach()
+                               for i in range(0, out.x.shape[0], chunk)])
+        factor = self.energy.factor
+        record = dict(mcmc_acceptance=float(out.acceptance.mean()), mcmc_step_size=self.mcmc_step_size,
+                      mcmc_energy_before=float(u_model[ok].median() / factor) if ok.any() else float("nan"),
+                      mcmc_energy_after=(float(out.u[torch.isfinite(out.u)].median() / factor)
+                                         if torch.isfinite(out.u).any() else float("nan")))
+        return out.x, log_q, out.u, record
 
     def _dtype(self):
         return next(self.model.parameters()).dtype

@@ -216,3 +216,60 @@ def test_flow_matching_on_reference_data_lowers_its_nll(tmp_path):
     fm = [r["fm_data"] for r in rows(tr)]
     assert np.mean(fm[-10:]) < np.mean(fm[:10])
     assert after < before - 1.0
+
+
+def _mcmc_cfg(steps, **buffer):
+    return cfg_of(train={"steps": steps, "kl_weight": 0.3, "iwml_weight": 0.1, "checkpoint_every": 100},
+                  buffer={"capacity": 40, "refresh_every": 3, "refresh_samples": 16, "tempering": 0.0,
+                          "mcmc_steps": 20, "mcmc_step_size": 0.05, "mcmc_max_drift": 0.5, **buffer})
+
+
+def test_mala_refined_buffer_lowers_the_energy_and_resumes_exactly(tmp_path):
+    from eqflow.training.trainer import Trainer
+
+    seen = {}
+    original = Trainer._refine
+
+    def spy(self, x, u):  # the model's samples, before the moves
+        out = original(self, x, u)
+        seen.setdefault("pairs", []).append((x.clone(), u.clone(), out[0], out[2], out[1]))
+        return out
+
+    Trainer._refine = spy
+    try:
+        full = make_trainer(_mcmc_cfg(8, capacity=100), tmp_path / "full")
+        full.train()
+    finally:
+        Trainer._refine = original
+    x0, u0, x1, u1, log_q1 = seen["pairs"][0]
+    assert u1.median() < u0.median()  # the moves relax the untrained flow's samples
+    assert torch.allclose(u1, full.energy.energy(x1))  # the buffer's energies are the moved states'
+    data = full.buffer.data()
+    assert torch.equal(data["x"][:16], x1) and x1.sum(1).abs().max() < 1e-9  # stored, CoM-free
+    assert torch.equal(data["log_q"][:16], log_q1) and torch.isfinite(log_q1).all()  # re-scored at the moved states
+    logged = [r for r in rows(full) if "mcmc_acceptance" in r]
+    assert len(logged) == 3 and all(0 < r["mcmc_acceptance"] <= 1 and r["mcmc_step_size"] > 0 for r in logged)
+    assert all(r["mcmc_energy_after"] < r["mcmc_energy_before"] for r in logged)
+    assert all(r["buffer_ess"] == pytest.approx(1.0) for r in logged if "buffer_ess" in r)  # tempering 0: uniform
+    # Resume: the adapted step size is part of the checkpoint, so the run continues exactly.
+    ref = [r["loss"] for r in rows(full)]
+    part = make_trainer(_mcmc_cfg(5, capacity=100), tmp_path / "part")
+    part.train()
+    resumed = make_trainer(_mcmc_cfg(8, capacity=100), tmp_path / "part")
+    resumed.load()
+    assert resumed.mcmc_step_size == part.mcmc_step_size != 0.05
+    resumed.train()
+    assert np.allclose([r["loss"] for r in rows(resumed)], ref, rtol=0, atol=1e-6)
+    assert resumed.mcmc_step_size == full.mcmc_step_size
+
+
+def test_mala_refinement_config_is_checked():
+    from eqflow.config import ConfigError
+    with pytest.raises(ConfigError, match="buffer.tempering': 0"):
+        cfg_of(buffer={"mcmc_steps": 5})
+    with pytest.raises(ConfigError, match="buffer.mcmc_step_size"):
+        cfg_of(buffer={"mcmc_steps": 5, "tempering": 0.0, "mcmc_step_size": 0.0})
+    with pytest.raises(ConfigError, match="buffer.mcmc_max_drift"):
+        cfg_of(buffer={"mcmc_max_drift": -1.0})
+    with pytest.raises(ConfigError, match="buffer.mcmc_steps"):
+        cfg_of(buffer={"mcmc_steps": -1})
