@@ -86,6 +86,25 @@ def test_buffer_is_sharded_per_rank_and_rank0s_buffer_resumes(tmp_path):
     assert state["step"] == 5 and state["buffer"]["size"] == 16 + 16  # one more refresh (step 4), one rank
 
 
+def test_mala_refined_buffer_under_two_ranks(tmp_path):
+    """Each rank refines its own share; the adapted step size is averaged so every rank (and the
+    checkpoint) holds the same one."""
+    d = json.loads(json.dumps(TINY))
+    d["train"].update(steps=3, kl_weight=0.5, iwml_weight=1.0, ml_batch_size=16)
+    d["buffer"] = {"capacity": 100, "refresh_every": 2, "refresh_samples": 16, "tempering": 0.0,
+                   "mcmc_steps": 10, "mcmc_step_size": 0.05, "mcmc_max_drift": 0.5}
+    cfg = tmp_path / "mala.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    run = tmp_path / "run"
+    torchrun(2, ROOT / "scripts" / "train_eq.py", "--config", cfg, "--out", run, "--no-progress", "--no-eval")
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    refreshes = [r for r in rows if "mcmc_acceptance" in r]
+    assert [r["step"] for r in refreshes] == [1, 3]
+    assert all(r["mcmc_energy_after"] < r["mcmc_energy_before"] for r in refreshes)
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["mcmc_step_size"] == pytest.approx(refreshes[-1]["mcmc_step_size"]) and state["mcmc_step_size"] != 0.05
+
+
 def test_scaling_table_efficiency():
     from eqflow.benchmark_scaling import scaling_table
     rows = [{"world": 1, "system": "dw4", "batch": 256, "seconds_per_step": 1.0, "samples_per_second": 100.0},
