@@ -10,6 +10,7 @@ and :class:`~eqflow.config.TrainConfig` settings (a plain dataclass). Config-dri
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import random
@@ -253,7 +254,7 @@ class Trainer:
         self.n_energy_evals = 0
         # MALA step of the buffer's refinement (buffer.mcmc_steps), adapted and carried across refreshes
         self.mcmc_step_size = float(bs.mcmc_step_size)
-        self._step_start = None  # (temperature, buffer state) at the start of a step that changes them
+        self._step_start = None  # (temperature, buffer state, MALA step) at the start of a step that changes them
         # The average of the weights (train.ema_decay): what checkpoints store as "model" and what
         # run_training evaluates (apply_ema); the raw weights go on training.
         self.ema = ParameterEMA(model, t.ema_decay) if t.ema_decay > 0 else None
@@ -534,8 +535,11 @@ class Trainer:
         if self.dist.enabled:  # one step size for all ranks (and the checkpoint)
             self.mcmc_step_size = float(dd.all_reduce_mean({"s": self.mcmc_step_size})["s"])
         chunk = max(1, self._local_batch(self.settings.batch_size))
+        # the refresh's divergence (buffer.divergence) where the model takes one (eqflow's flows)
+        kwargs = ({"divergence": bs.divergence}
+                  if "divergence" in inspect.signature(self.model.log_prob).parameters else {})
         with torch.no_grad():
-            log_q = torch.cat([self.model.log_prob(out.x[i:i + chunk]).detach()
+            log_q = torch.cat([self.model.log_prob(out.x[i:i + chunk], **kwargs).detach()
                                for i in range(0, out.x.shape[0], chunk)])
         factor = self.energy.factor
         record = dict(mcmc_acceptance=float(out.acceptance.mean()), mcmc_step_size=self.mcmc_step_size,
