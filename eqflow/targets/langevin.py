@@ -29,6 +29,7 @@ import torch
 
 from ..geometry import remove_mean
 from .energy import Energy
+from .regularize import masked_energy
 
 __all__ = ["MALAResult", "mala", "energy_and_force"]
 
@@ -52,16 +53,13 @@ class MALAResult:
 
 
 def energy_and_force(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(u [B], F [B, N, dim])`` with ``F = -∇u`` by autograd (OpenMM targets: one call), no graph
-    kept; rows with a non-finite energy or force get ``F = 0``."""
+    """``(u [B], F [B, N, dim])`` with ``F = -∇u`` (OpenMM targets: one call), no graph kept; rows
+    whose energy or force is not finite get ``u = +inf`` and ``F = 0`` (:func:`masked_energy`)."""
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
-        u = energy.energy(xr)
-        ok = torch.isfinite(u)
-        (g,) = torch.autograd.grad(torch.where(ok, u, torch.zeros_like(u)).sum(), xr)
-    ok = ok & torch.isfinite(g).flatten(1).all(1)
-    force = torch.where(ok[:, None, None], -g, torch.zeros_like(g))
-    return u.detach(), force.detach()
+        u = masked_energy(energy, xr)
+        (g,) = torch.autograd.grad(u.sum(), xr)
+    return u.detach(), -g.detach()
 
 
 def _drift(step: torch.Tensor, force: torch.Tensor, max_drift: float | None) -> torch.Tensor:

@@ -330,7 +330,7 @@ class OpenMMEnergy(Energy):
         import openmm.unit as unit
 
         self.energy(x.detach()[:0])  # shape check only
-        if getattr(self, "_terms", None) is None:
+        if self._terms is None:
             system = openmm.XmlSerializer.deserialize(self.system_xml)
             names = sorted({f.__class__.__name__ for f in system.getForces()})
             if len(names) > 32:

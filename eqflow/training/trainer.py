@@ -530,8 +530,9 @@ class Trainer:
         bs = self.buffer_settings
         ok = torch.isfinite(u_model)
         out = mala(self.energy, x, bs.mcmc_steps, self.mcmc_step_size, max_drift=bs.mcmc_max_drift)
-        if torch.isfinite(out.u).any():
-            self.mcmc_step_size = float(out.step_size[torch.isfinite(out.u)].median())
+        moved_ok = torch.isfinite(out.u)
+        if moved_ok.any():
+            self.mcmc_step_size = float(out.step_size[moved_ok].median())
         if self.dist.enabled:  # one step size for all ranks (and the checkpoint)
             self.mcmc_step_size = float(dd.all_reduce_mean({"s": self.mcmc_step_size})["s"])
         chunk = max(1, self._local_batch(self.settings.batch_size))
@@ -544,8 +545,8 @@ class Trainer:
         factor = self.energy.factor
         record = dict(mcmc_acceptance=float(out.acceptance.mean()), mcmc_step_size=self.mcmc_step_size,
                       mcmc_energy_before=float(u_model[ok].median() / factor) if ok.any() else float("nan"),
-                      mcmc_energy_after=(float(out.u[torch.isfinite(out.u)].median() / factor)
-                                         if torch.isfinite(out.u).any() else float("nan")))
+                      mcmc_energy_after=(float(out.u[moved_ok].median() / factor)
+                                         if moved_ok.any() else float("nan")))
         return out.x, log_q, out.u, record
 
     def _dtype(self):
