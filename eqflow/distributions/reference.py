@@ -10,6 +10,7 @@ home of reference data: other modules import from it, never the other way round.
 from __future__ import annotations
 
 import json
+import warnings
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ __all__ = [
     "split_reference",
     "ensure_particle_reference",
     "reference_path",
+    "REFERENCE_VERSION",
 ]
 
 
@@ -193,6 +195,12 @@ def split_reference(ref: ReferenceData, fraction: float = 0.8, seed: int = 0
     return ref.subset(perm[:k]), ref.subset(perm[k:])
 
 
+#: Version of each particle system's reference setup; cached files of an older version are
+#: regenerated. DW4 2: burn-in 20,000 steps instead of 2,000 (the modes had not equilibrated; see
+#: eqflow.targets.mcmc.PARTICLE_MCMC_SETTINGS) and the two-start equilibration check.
+REFERENCE_VERSION = {"dw4": 2}
+
+
 def reference_path(name: str, cache_dir="data_cache", seed: int = 0) -> Path:
     """Cache location of a particle reference: ``<cache_dir>/<name>_mcmc_seed<seed>.npz``."""
     return Path(cache_dir) / f"{name.lower()}_mcmc_seed{seed}.npz"
@@ -200,11 +208,13 @@ def reference_path(name: str, cache_dir="data_cache", seed: int = 0) -> Path:
 
 def ensure_particle_reference(name: str, cache_dir="data_cache", n_samples: int | None = None,
                               seed: int = 0, chains: int | None = None, progress: bool = True,
-                              path=None) -> Path:
+                              path=None, burn_in: int | None = None) -> Path:
     """Return the cached MCMC reference for ``"dw4"``, ``"lj13"`` or ``"lj55"``, generating it if needed.
 
     A cached file is reused when it holds at least ``n_samples`` samples (any size if ``n_samples``
-    is None); otherwise it is regenerated with :func:`eqflow.targets.mcmc.sample_particle_system`.
+    is None) and was made by the current sampler settings of its system (``REFERENCE_VERSION``: a
+    DW4 file from before the longer burn-in of 2026-12 is stale); otherwise it is regenerated with
+    :func:`eqflow.targets.mcmc.sample_particle_system`.
 
     Parameters
     ----------
@@ -213,21 +223,29 @@ def ensure_particle_reference(name: str, cache_dir="data_cache", n_samples: int 
     n_samples, chains : sampler size (defaults: ``PARTICLE_MCMC_SETTINGS``).
     seed : sampler seed; part of the file name.
     path : explicit file name instead of the cache location.
+    burn_in : sampler burn-in steps (default: ``PARTICLE_MCMC_SETTINGS``; tests use short ones).
 
     Returns
     -------
     Path of the ``.npz`` file.
     """
+    from ..targets.mcmc import sample_particle_system
+
     path = Path(path) if path is not None else reference_path(name, cache_dir, seed)
+    version = REFERENCE_VERSION.get(name.lower(), 1)
     if path.exists():
         with np.load(path, allow_pickle=False) as data:
             n_have = data["energies"].shape[0]
-        if n_samples is None or n_have >= n_samples:
+            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+        big_enough = n_samples is None or n_have >= n_samples
+        if big_enough and int(meta.get("version", 1)) >= version:
             return path
-    from ..targets.mcmc import sample_particle_system
-
+        if big_enough:
+            warnings.warn(f"{path}: made by an older, under-equilibrated sampler setup (reference version "
+                          f"{meta.get('version', 1)} < {version}); regenerating it", stacklevel=2)
+    overrides = {} if burn_in is None else {"burn_in": int(burn_in)}
     res, target, cfg = sample_particle_system(name, n_samples=n_samples, chains=chains, seed=seed,
-                                              progress=progress)
+                                              progress=progress, **overrides)
     meta = {
         "system": name.lower(),
         "tau": getattr(target, "tau", 1.0),
@@ -246,6 +264,7 @@ def ensure_particle_reference(name: str, cache_dir="data_cache", n_samples: int 
         "n_samples": int(res.energies.shape[0]),
         "seed": seed,
         "mean_energy_by_start": cfg.get("mean_energy_by_start"),
+        "version": version,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "generator": "eqflow.distributions.reference.ensure_particle_reference",
     }

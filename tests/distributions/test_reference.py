@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from eqflow.distributions.reference import (ReferenceData, ensure_particle_reference, load_reference,
-                                            save_reference, split_reference)
+from eqflow.distributions.reference import (REFERENCE_VERSION, ReferenceData, ensure_particle_reference,
+                                            load_reference, reference_path, save_reference,
+                                            split_reference)
 from eqflow.geometry import is_com_free
 
 
@@ -70,11 +71,25 @@ def test_split_is_disjoint_and_seeded():
 
 def test_ensure_particle_reference_caches(tmp_path):
     p = ensure_particle_reference("dw4", cache_dir=tmp_path, n_samples=200, seed=1, chains=50,
-                                  progress=False)
+                                  progress=False, burn_in=300)
     ref = load_reference(p)
     assert ref.positions.shape == (200, 4, 2)
     assert ref.meta["system"] == "dw4" and ref.meta["n_samples"] == 200 and ref.meta["seed"] == 1
+    assert ref.meta["burn_in"] == 300 and ref.meta["version"] == REFERENCE_VERSION["dw4"]
     assert 0.2 < ref.meta["acceptance"] < 0.6
+    # the equilibration check: chains from four short pairs and from none, reported per start
+    assert set(ref.meta["mean_energy_by_start"]) == {"short_pairs", "long_pairs"}
     mtime = p.stat().st_mtime_ns
     assert ensure_particle_reference("dw4", cache_dir=tmp_path, n_samples=100, seed=1) == p
     assert p.stat().st_mtime_ns == mtime  # reused, not regenerated
+
+
+def test_stale_particle_reference_is_regenerated(tmp_path):
+    # A DW4 file from the old setup (no version: 2,000 burn-in steps, modes not equilibrated) is
+    # not trusted: it is regenerated, with a warning, even though it holds enough samples.
+    x, u = _data(n=300)
+    p = save_reference(reference_path("dw4", tmp_path, seed=1), x[:, :4, :2], u, {"burn_in": 2000})
+    with pytest.warns(UserWarning, match="under-equilibrated"):
+        q = ensure_particle_reference("dw4", cache_dir=tmp_path, n_samples=100, seed=1, chains=50,
+                                      progress=False, burn_in=300)
+    assert q == p and load_reference(q).meta["version"] == REFERENCE_VERSION["dw4"]

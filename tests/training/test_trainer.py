@@ -137,7 +137,8 @@ def test_run_training_writes_run_folder(tmp_path):
     cfg = config_from_dict(d)
     # A small reference instead of the default-size MCMC run.
     from eqflow.distributions import ensure_particle_reference
-    ensure_particle_reference("dw4", cache_dir=tmp_path / "cache", n_samples=500, chains=50, progress=False)
+    ensure_particle_reference("dw4", cache_dir=tmp_path / "cache", n_samples=500, chains=50, progress=False,
+                              burn_in=500)
     summary = run_training(cfg, tmp_path / "run", progress=False)
     for name in ["config.yaml", "checkpoint.pt", "metrics.jsonl", "summary.json", "training_curves.png",
                  "energy_hist.png", "distance_hist.png"]:
@@ -153,7 +154,8 @@ def test_maximum_likelihood_lowers_held_out_nll(tmp_path):
     d["train"].update(kl_weight=0.0, ml_weight=1.0, ml_batch_size=64, steps=30, lr=1e-2)
     d["eval"].update(val_every=15, val_samples=100, divergence="exact")
     cfg = config_from_dict(d)
-    ensure_particle_reference("dw4", cache_dir=tmp_path / "cache", n_samples=500, chains=50, progress=False)
+    ensure_particle_reference("dw4", cache_dir=tmp_path / "cache", n_samples=500, chains=50, progress=False,
+                              burn_in=500)
     run_training(cfg, tmp_path / "run", progress=False, evaluate=False)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     val = [r["val_nll"] for r in rows if "val_nll" in r]
