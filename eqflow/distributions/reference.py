@@ -10,8 +10,8 @@ home of reference data: other modules import from it, never the other way round.
 from __future__ import annotations
 
 import json
-import warnings
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

@@ -138,7 +138,7 @@ PARTICLE_MCMC_SETTINGS = {
     # DW4's pairs hop between the wells at ~2.5 and ~5.5 slowly: from a start with four short pairs
     # the fraction of configurations with two short pairs reached 0.52 only after 5,000-10,000 steps
     # (0.38 at 1,000, 0.46 at 2,000). 2,000 steps of burn-in (the setting until 2026-12) left the
-    # reference 0.1 kT low in mean energy with the modes 0.40 / 0.52 instead of 0.52 / 0.40.
+    # reference 0.11 kT high in mean energy, with the modes at 0.40 / 0.52 instead of 0.52 / 0.40.
     "dw4": dict(n_samples=40000, chains=1000, step_size=0.5, burn_in=20000, thin=25),
     "lj13": dict(n_samples=20000, chains=1000, step_size=0.05, burn_in=6000, thin=50),
     # LJ55 relaxes slowly under all-coordinate moves (165 dimensions, steps ~0.01): few chains, a
