@@ -234,10 +234,9 @@ def ensure_particle_reference(name: str, cache_dir="data_cache", n_samples: int 
     path = Path(path) if path is not None else reference_path(name, cache_dir, seed)
     version = REFERENCE_VERSION.get(name.lower(), 1)
     if path.exists():
-        with np.load(path, allow_pickle=False) as data:
-            n_have = data["energies"].shape[0]
-            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-        big_enough = n_samples is None or n_have >= n_samples
+        cached = load_reference(path)
+        meta = cached.meta
+        big_enough = n_samples is None or len(cached) >= n_samples
         if big_enough and int(meta.get("version", 1)) >= version:
             return path
         if big_enough:
