@@ -95,6 +95,10 @@ class TrainConfig:
     kl_weight: float = 1.0        # reverse KL (energy only, data-free)
     kl_gradient: str = "total"    # total | path: reverse-KL gradient; path drops the zero-mean score term
                                   # (zero variance at q = p; one extra reverse solve per step)
+    kl_alpha: float = 1.0         # Rényi order of the energy loss: 1 = reverse KL; < 1 weights each sample's
+                                  # gradient by w^(1-α) (self-normalized): mass-covering, same cost per step
+    kl_alpha_from: float = 0.0    # share of training (steps, or the budget with schedule_clock: time) from which
+                                  # kl_alpha applies; reverse KL before (the weights degenerate while q is far from p)
     ml_weight: float = 0.0        # maximum likelihood on reference samples
     ml_batch_size: int = 256      # also the batch of importance-weighted maximum likelihood (iwml_weight)
     fm_weight: float = 0.0        # importance-weighted flow matching on the replay buffer (data-free)
@@ -365,6 +369,14 @@ def _validate(cfg: Config) -> None:
         if cfg.model.kind != "cartesian":
             raise ConfigError(f"config key 'train.kl_gradient': path is for model.kind cartesian (continuous "
                               f"flows), got {cfg.model.kind!r}")
+    if not 0.0 <= cfg.train.kl_alpha <= 1.0:
+        raise ConfigError(f"config key 'train.kl_alpha' must be in [0, 1] (1: reverse KL), got {cfg.train.kl_alpha!r}")
+    if not 0.0 <= cfg.train.kl_alpha_from <= 1.0:
+        raise ConfigError(f"config key 'train.kl_alpha_from' must be in [0, 1] (a share of training), "
+                          f"got {cfg.train.kl_alpha_from!r}")
+    if cfg.train.kl_alpha != 1.0 and cfg.train.kl_gradient == "path":
+        raise ConfigError("config key 'train.kl_alpha' < 1 needs train.kl_gradient: total (the path gradient has no "
+                          "sample weights)")
     if cfg.train.budget_minutes is not None and not cfg.train.budget_minutes > 0:
         raise ConfigError(f"config key 'train.budget_minutes' must be positive or null, got {cfg.train.budget_minutes!r}")
     if cfg.train.schedule_clock == "time" and cfg.train.budget_minutes is None:

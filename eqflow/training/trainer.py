@@ -386,9 +386,12 @@ class Trainer:
             kl, stats = path_gradient_kl_loss(self.model, self.energy, self._local_batch(t.batch_size),
                                               self.energy_cut, force_clip=self.force_clip)
         elif t.kl_weight > 0:
+            alpha = self.kl_alpha()
+            record["kl_alpha"] = alpha
             kl, stats = reverse_kl_loss(self.model, self.energy, self._local_batch(t.batch_size), self.energy_cut,
                                         kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight,
-                                        force_clip=self.force_clip)
+                                        force_clip=self.force_clip, alpha=alpha,
+                                        gather=dd.all_gather_cat if self.dist.world_size > 1 else None)
         if t.kl_weight > 0:
             loss = loss + t.kl_weight * kl
             record.update({k: stats[k] for k in ("kinetic", "jacobian") if k in stats})
@@ -416,6 +419,14 @@ class Trainer:
             loss = loss + t.fm_data_weight * fm
             record["fm_data"] = stats["fm"]
         return loss, record
+
+    def kl_alpha(self) -> float:
+        """The Rényi order of this step: ``train.kl_alpha`` once the schedule's progress (steps, or the
+        budget's share with a time clock) has reached ``train.kl_alpha_from``; reverse KL (1) before."""
+        t = self.settings
+        if t.kl_alpha == 1.0 or self._schedule_step() >= t.kl_alpha_from * t.steps:
+            return t.kl_alpha
+        return 1.0
 
     def _buffer_draw(self, n: int):
         """``(x [n, N, dim], log_w [n])`` from the buffer: by weight (then ``log_w = 0``: the draws are

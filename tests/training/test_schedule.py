@@ -69,3 +69,27 @@ def test_time_clock_moves_the_annealing_rungs(tmp_path):
     assert tr.ladder.temperature_at(tr._schedule_step()) == 2.0
     tr._clock_seconds = 60.0
     assert tr.ladder.temperature_at(tr._schedule_step()) == 1.0
+
+
+def test_renyi_order_switches_at_its_share_of_training(tmp_path):
+    """train.kl_alpha applies from train.kl_alpha_from on (steps, or the budget with a time clock);
+    the trainer logs the order it used."""
+    import json
+
+    from eqflow.builders import build_flow, build_target
+    from eqflow.fault_check import tiny_config
+    from eqflow.training import Trainer
+
+    cfg = tiny_config(steps=4, kl_alpha=0.25, kl_alpha_from=0.5, log_every=1)
+    target = build_target(cfg)
+    torch.manual_seed(0)
+    tr = Trainer(build_flow(cfg, target), target, cfg.train, out_dir=tmp_path, progress=False)
+    tr.train()
+    rows = [json.loads(line) for line in open(tr.metrics_path)]
+    assert [r["kl_alpha"] for r in rows] == [1.0, 1.0, 0.25, 0.25]
+
+    cfg = tiny_config(steps=100, budget_minutes=1, schedule_clock="time", kl_alpha=0.0, kl_alpha_from=0.5)
+    tr = Trainer(build_flow(cfg, target), target, cfg.train, out_dir=tmp_path / "time", progress=False)
+    assert tr.kl_alpha() == 1.0
+    tr._clock_seconds = 31.0  # past half the budget at step 0: the clock decides
+    assert tr.kl_alpha() == 0.0
