@@ -99,7 +99,8 @@ def test_weights_normalized_over_ranks_give_the_single_process_gradient():
 @pytest.mark.parametrize("overrides, message", [
     (["train.kl_alpha=1.5"], "kl_alpha"),
     (["train.kl_alpha=-0.1"], "kl_alpha"),
-    (["train.kl_alpha=0.5", "train.kl_gradient=path"], "kl_alpha"),
+    (["train.kl_alpha=0.5", "train.kl_gradient=path", "flow.divergence=exact"], "kl_alpha"),
+    (["train.kl_alpha=0.5"], "flow.divergence: exact"),  # dw4.yaml trains with Hutchinson
 ])
 def test_config_refuses_bad_alpha(overrides, message):
     with pytest.raises(ConfigError, match=message):

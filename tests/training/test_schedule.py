@@ -80,7 +80,13 @@ def test_renyi_order_switches_at_its_share_of_training(tmp_path):
     from eqflow.fault_check import tiny_config
     from eqflow.training import Trainer
 
-    cfg = tiny_config(steps=4, kl_alpha=0.25, kl_alpha_from=0.5, log_every=1)
+    from eqflow.config import apply_overrides
+
+    def exact(c):
+        return apply_overrides(c, ["flow.divergence=exact"])
+
+    cfg = exact(tiny_config(steps=4, log_every=1))
+    cfg = apply_overrides(cfg, ["train.kl_alpha=0.25", "train.kl_alpha_from=0.5"])
     target = build_target(cfg)
     torch.manual_seed(0)
     tr = Trainer(build_flow(cfg, target), target, cfg.train, out_dir=tmp_path, progress=False)
@@ -88,7 +94,8 @@ def test_renyi_order_switches_at_its_share_of_training(tmp_path):
     rows = [json.loads(line) for line in open(tr.metrics_path)]
     assert [r["kl_alpha"] for r in rows] == [1.0, 1.0, 0.25, 0.25]
 
-    cfg = tiny_config(steps=100, budget_minutes=1, schedule_clock="time", kl_alpha=0.0, kl_alpha_from=0.5)
+    cfg = apply_overrides(exact(tiny_config(steps=100, budget_minutes=1, schedule_clock="time")),
+                          ["train.kl_alpha=0", "train.kl_alpha_from=0.5"])
     tr = Trainer(build_flow(cfg, target), target, cfg.train, out_dir=tmp_path / "time", progress=False)
     assert tr.kl_alpha() == 1.0
     tr._clock_seconds = 31.0  # past half the budget at step 0: the clock decides
