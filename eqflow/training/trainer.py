@@ -387,7 +387,8 @@ class Trainer:
                                               self.energy_cut, force_clip=self.force_clip)
         elif t.kl_weight > 0:
             alpha = self.kl_alpha()
-            record["kl_alpha"] = alpha
+            if t.kl_alpha != 1.0:
+                record["kl_alpha"] = alpha
             kl, stats = reverse_kl_loss(self.model, self.energy, self._local_batch(t.batch_size), self.energy_cut,
                                         kinetic_weight=t.kinetic_weight, jacobian_weight=t.jacobian_weight,
                                         force_clip=self.force_clip, alpha=alpha,
