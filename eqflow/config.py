@@ -107,6 +107,10 @@ class TrainConfig:
     kinetic_weight: float = 0.0   # λ_K of ∫|v|² dt along sampling paths (RNODE; keeps few-step solves accurate)
     jacobian_weight: float = 0.0  # λ_J of ∫‖∂v/∂x‖²_F dt (Hutchinson estimate in training)
     grad_clip: float = 10.0       # max global gradient norm
+    solve_check_every: int = 0    # every this many steps, log solve_gap: |Δ log q| of the training solve at twice
+                                  # its steps, same base points and probe (0: off); exploitation shows here first
+    solve_check_samples: int = 64  # samples of that check
+    solve_check_warn: float = 0.1  # warn once when solve_gap (mean, nats) exceeds this
     ema_decay: float = 0.0        # exponential moving average of the weights (0: off; 0.99: ~last 100 steps);
                                   # checkpoints, evaluation and export use the average
     skip_warning_fraction: float = 0.05  # warn once when more than this fraction of steps was skipped (non-finite)
@@ -371,6 +375,13 @@ def _validate(cfg: Config) -> None:
                               f"flows), got {cfg.model.kind!r}")
     if not 0.0 <= cfg.train.kl_alpha <= 1.0:
         raise ConfigError(f"config key 'train.kl_alpha' must be in [0, 1] (1: reverse KL), got {cfg.train.kl_alpha!r}")
+    for key in ("solve_check_every", "solve_check_samples"):
+        if int(getattr(cfg.train, key)) != getattr(cfg.train, key) or getattr(cfg.train, key) < 0:
+            raise ConfigError(f"config key 'train.{key}' must be a whole number >= 0, got {getattr(cfg.train, key)!r}")
+    if cfg.train.solve_check_every > 0 and cfg.train.solve_check_samples < 1:
+        raise ConfigError("config key 'train.solve_check_samples' must be >= 1 when train.solve_check_every > 0")
+    if not cfg.train.solve_check_warn > 0:
+        raise ConfigError(f"config key 'train.solve_check_warn' must be positive (nats), got {cfg.train.solve_check_warn!r}")
     if not 0.0 <= cfg.train.kl_alpha_from <= 1.0:
         raise ConfigError(f"config key 'train.kl_alpha_from' must be in [0, 1] (a share of training), "
                           f"got {cfg.train.kl_alpha_from!r}")

@@ -40,6 +40,7 @@ from .buffer import ReplayBuffer
 from .ema import ParameterEMA
 from .flow_matching import align_pairs, draw_base, flow_matching_loss
 from .losses import maximum_likelihood_loss, path_gradient_kl_loss, reverse_kl_loss
+from .solve_gap import training_solve_gap
 from .weighted import weighted_flow_matching_loss, weighted_maximum_likelihood_loss
 
 __all__ = ["Trainer", "TrainingInterrupted", "load_model_weights", "save_checkpoint_atomic", "make_scheduler", "seed_everything",
@@ -269,6 +270,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds, summed over resumed runs (the budget counts these)
         self._resumed = False
         self._skip_warned = False
+        self._solve_warned = False
         self._defer_signals = False
         self._pending_signal = None
         self.dist = dd.dist_info()
@@ -632,7 +634,26 @@ class Trainer:
         if self.dist.enabled:
             record["loss"] = dd.all_reduce_mean({"loss": record["loss"]})["loss"]
         self._warn_if_many_skipped()
+        record.update(self._check_solve())
         return record
+
+    def _check_solve(self) -> dict:
+        """``train.solve_check_every``: the training solve against twice its steps (the same on every
+        rank: same weights, same seed), logged as ``solve_gap``; a warning the first time its mean
+        passes ``train.solve_check_warn``."""
+        t = self.settings
+        if not t.solve_check_every or self.step % t.solve_check_every:
+            return {}
+        gap = training_solve_gap(self.model, t.solve_check_samples, seed=t.seed + self.step)
+        if (gap and not self._solve_warned and math.isfinite(gap["solve_gap"])
+                and gap["solve_gap"] > t.solve_check_warn):
+            self._solve_warned = True
+            if dd.is_main():
+                warnings.warn(f"step {self.step}: the training solve's log q moves by {gap['solve_gap']:.3g} nats "
+                              f"(max {gap['solve_gap_max']:.3g}) at twice its steps, more than "
+                              f"train.solve_check_warn = {t.solve_check_warn}: training may be exploiting the "
+                              f"solver's error; raise flow.n_steps", RuntimeWarning, stacklevel=3)
+        return gap
 
     def apply_ema(self) -> None:
         """Put the averaged weights (``train.ema_decay``) into the model, for sampling and evaluation
