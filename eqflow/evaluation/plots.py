@@ -42,15 +42,29 @@ def _finite(v) -> bool:
 
 
 def plot_training_curves(metrics_records, path) -> Path:
-    """Loss and ESS against training step.
+    """Loss and ESS against training step, and the training solve's gap where it was checked.
 
     Parameters
     ----------
-    metrics_records : list of dicts with ``step``, ``loss`` and optionally ``ess`` (a fraction);
+    metrics_records : list of dicts with ``step``, ``loss`` and optionally ``ess`` (a fraction) and
+        ``solve_gap`` / ``solve_gap_max`` (``train.solve_check_every``: a third panel, log scale);
         rows missing a key, or with a non-finite value, are skipped for that curve.
     path : output image.
     """
-    fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(10, 3.8))
+    s_gap, gap = _column(metrics_records, "solve_gap")
+    if gap.size:
+        fig, (ax_l, ax_e, ax_g) = plt.subplots(1, 3, figsize=(15, 3.8))
+        s_max, gap_max = _column(metrics_records, "solve_gap_max")
+        ax_g.semilogy(s_gap, np.maximum(gap, 1e-8), marker="o", ms=3, lw=1, label="mean")
+        if gap_max.size:
+            ax_g.semilogy(s_max, np.maximum(gap_max, 1e-8), marker="o", ms=2, lw=0.8, ls="--", label="max")
+        ax_g.axhline(0.1, color="C3", lw=0.8, ls=":", label="0.1 nats")
+        ax_g.set_xlabel("step")
+        ax_g.set_ylabel("|Δ log q| (nats)")
+        ax_g.set_title("training solve vs twice the steps")
+        ax_g.legend(fontsize=8)
+    else:
+        fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(10, 3.8))
     s, loss = _column(metrics_records, "loss")
     if loss.size:
         ax_l.plot(s, loss, lw=1)

@@ -8,6 +8,12 @@ def test_plots_write_files(tmp_path):
     recs = [{"step": i, "loss": 10.0 / (i + 1)} for i in range(20)]
     recs += [{"step": 20, "loss": 0.4, "ess": 0.3}, {"step": 25, "loss": float("nan"), "ess": None}]
     assert plot_training_curves(recs, tmp_path / "a" / "curves.png").stat().st_size > 0
+    # train.solve_check_every adds a third panel (a zero gap must not break the log scale)
+    gaps = recs + [{"step": 10, "loss": 1.0, "solve_gap": 0.0, "solve_gap_max": 0.0},
+                   {"step": 20, "loss": 0.5, "solve_gap": 0.3, "solve_gap_max": 2.0}]
+    wide = plot_training_curves(gaps, tmp_path / "b.png")
+    import matplotlib.image
+    assert matplotlib.image.imread(wide).shape[1] > matplotlib.image.imread(tmp_path / "a" / "curves.png").shape[1]
     u = np.concatenate([rng.normal(size=500), [1e10, np.inf, np.nan]])
     lw = rng.normal(size=503)
     assert plot_energy_histograms(u, lw, rng.normal(size=500), tmp_path / "e.png").stat().st_size > 0
