@@ -111,6 +111,9 @@ class TrainConfig:
                                   # its steps, same base points and probe (0: off); exploitation shows here first
     solve_check_samples: int = 64  # samples of that check
     solve_check_warn: float = 0.1  # warn once when solve_gap (mean, nats) exceeds this
+    solve_check_refine: bool = False  # also double the training solve's steps when it does (up to the cap below),
+                                      # so training cannot go on exploiting it; saved in checkpoints
+    solve_check_max_steps: int = 64   # cap of those refinements (fixed-step solvers)
     ema_decay: float = 0.0        # exponential moving average of the weights (0: off; 0.99: ~last 100 steps);
                                   # checkpoints, evaluation and export use the average
     skip_warning_fraction: float = 0.05  # warn once when more than this fraction of steps was skipped (non-finite)
@@ -380,6 +383,12 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"config key 'train.{key}' must be a whole number >= 0, got {getattr(cfg.train, key)!r}")
     if cfg.train.solve_check_every > 0 and cfg.train.solve_check_samples < 1:
         raise ConfigError("config key 'train.solve_check_samples' must be >= 1 when train.solve_check_every > 0")
+    if cfg.train.solve_check_refine and not cfg.train.solve_check_every:
+        raise ConfigError("config key 'train.solve_check_refine' needs train.solve_check_every > 0 (the check that "
+                          "triggers it)")
+    if cfg.train.solve_check_refine and cfg.flow.n_steps > cfg.train.solve_check_max_steps:
+        raise ConfigError(f"config key 'train.solve_check_max_steps' ({cfg.train.solve_check_max_steps}) is below "
+                          f"flow.n_steps ({cfg.flow.n_steps})")
     if not cfg.train.solve_check_warn > 0:
         raise ConfigError(f"config key 'train.solve_check_warn' must be positive (nats), got {cfg.train.solve_check_warn!r}")
     if not 0.0 <= cfg.train.kl_alpha_from <= 1.0:

@@ -160,6 +160,9 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
         if resume:
             trainer.load()
         train_summary = trainer.train()
+        if is_ode_model(flow):  # a solve refined in training (train.solve_check_refine) is the model's solve now
+            cfg.flow.solver, cfg.flow.n_steps, cfg.flow.rtol, cfg.flow.atol = (flow.solver, flow.n_steps,
+                                                                               flow.rtol, flow.atol)
         trainer.apply_ema()  # evaluate (and keep in memory) the averaged weights, as the checkpoint does
         summary = {"target": cfg.target.name, **train_summary}
         if not info.is_main:

@@ -10,6 +10,7 @@ and :class:`~eqflow.config.TrainConfig` settings (a plain dataclass). Config-dri
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -33,6 +34,7 @@ from ..evaluation.metrics import ess
 from ..evaluation.modes import training_mode_populations
 from ..flows import ContinuousFlow
 from ..geometry import remove_mean
+from ..solvers import SolverSettings
 from ..targets.langevin import mala
 from ..targets.tempered import TemperedEnergy
 from .annealing import TemperatureLadder
@@ -307,6 +309,8 @@ class Trainer:
             "temperature": self.energy.temperature,
             "n_energy_evals": self.n_energy_evals,
             "mcmc_step_size": self.mcmc_step_size,
+            "train_solve": (dataclasses.asdict(self.model.solver_settings)
+                            if getattr(self.model, "solver_settings", None) is not None else None),
         }
 
     def save(self) -> Path:
@@ -352,6 +356,9 @@ class Trainer:
         self.energy.temperature = float(state.get("temperature", self.energy.temperature))
         self.n_energy_evals = int(state.get("n_energy_evals", 0))
         self.mcmc_step_size = float(state.get("mcmc_step_size", self.mcmc_step_size))
+        if state.get("train_solve") is not None and getattr(self.model, "solver_settings", None) is not None:
+            # A solve refined during the run (train.solve_check_refine) stays refined on resume.
+            self.set_training_solve(SolverSettings(**state["train_solve"]))
         self._resumed = True
         if dd.is_main():
             self._truncate_metrics()
@@ -634,7 +641,8 @@ class Trainer:
         if self.dist.enabled:
             record["loss"] = dd.all_reduce_mean({"loss": record["loss"]})["loss"]
         self._warn_if_many_skipped()
-        record.update(self._check_solve())
+        with self._signals_deferred():  # a refinement and its step are saved together
+            record.update(self._check_solve())
         return record
 
     def _check_solve(self) -> dict:
@@ -645,15 +653,36 @@ class Trainer:
         if not t.solve_check_every or self.step % t.solve_check_every:
             return {}
         gap = training_solve_gap(self.model, t.solve_check_samples, seed=t.seed + self.step)
-        if (gap and not self._solve_warned and math.isfinite(gap["solve_gap"])
-                and gap["solve_gap"] > t.solve_check_warn):
+        if not gap or not (gap["solve_gap"] > t.solve_check_warn):  # NaN (nothing finite): no action
+            return gap
+        solve = self.model.solver_settings
+        if t.solve_check_refine and solve.fixed_step and 2 * solve.n_steps <= t.solve_check_max_steps:
+            self.set_training_solve(solve.refined(2))
+            gap["solve_steps"] = int(self.model.n_steps)
+            if dd.is_main():
+                warnings.warn(f"step {self.step}: the training solve's log q moved by {gap['solve_gap']:.3g} nats "
+                              f"(max {gap['solve_gap_max']:.3g}) at twice its steps; training goes on with "
+                              f"{self.model.n_steps} {solve.solver} steps (train.solve_check_refine)",
+                              RuntimeWarning, stacklevel=3)
+        elif not self._solve_warned:
             self._solve_warned = True
             if dd.is_main():
                 warnings.warn(f"step {self.step}: the training solve's log q moves by {gap['solve_gap']:.3g} nats "
                               f"(max {gap['solve_gap_max']:.3g}) at twice its steps, more than "
                               f"train.solve_check_warn = {t.solve_check_warn}: training may be exploiting the "
-                              f"solver's error; raise flow.n_steps", RuntimeWarning, stacklevel=3)
+                              f"solver's error; raise flow.n_steps (or set train.solve_check_refine)",
+                              RuntimeWarning, stacklevel=3)
         return gap
+
+    def set_training_solve(self, settings) -> None:
+        """Train with ``settings`` (a :class:`~eqflow.solvers.SolverSettings`) from now on; recorded in
+        the checkpoint (``"train_solve"``) and in the metadata's config, so a resumed run, an export and
+        an evaluation that falls back on ``flow.n_steps`` all see the solve the model was trained with."""
+        m = self.model
+        m.solver, m.n_steps, m.rtol, m.atol = settings.solver, int(settings.n_steps), settings.rtol, settings.atol
+        flow_cfg = (self.metadata or {}).get("config", {}).get("flow")
+        if isinstance(flow_cfg, dict):
+            flow_cfg.update(solver=m.solver, n_steps=m.n_steps, rtol=m.rtol, atol=m.atol)
 
     def apply_ema(self) -> None:
         """Put the averaged weights (``train.ema_decay``) into the model, for sampling and evaluation
@@ -801,7 +830,8 @@ class Trainer:
         return {"steps": self.step, "stop_reason": stop_reason, "train_seconds": round(self.elapsed, 1),
                 "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped,
                 "world_size": self.dist.world_size, "energy_evaluations": self.n_energy_evals,
-                "final_temperature": self.energy.temperature}
+                "final_temperature": self.energy.temperature,
+                **({"train_solve_steps": int(self.model.n_steps)} if self.settings.solve_check_refine else {})}
 
 
 def _make_ladder(anneal: AnnealConfig | None, total_steps: int) -> TemperatureLadder | None:

@@ -80,3 +80,43 @@ def test_trainer_logs_the_gap_warns_once_and_leaves_training_unchanged(tmp_path)
 def test_config_refuses_bad_values(override):
     with pytest.raises(ConfigError, match="solve_check"):
         apply_overrides(load_config("configs/dw4.yaml"), [override])
+
+
+def test_refine_doubles_the_training_solve_up_to_its_cap_and_resume_keeps_it(tmp_path):
+    over = ["train.solve_check_every=2", "train.solve_check_samples=8", "train.solve_check_warn=1e-9",
+            "train.solve_check_refine=true", "train.solve_check_max_steps=8", "train.checkpoint_every=2"]
+    cfg = apply_overrides(tiny_config(steps=6), over)  # TINY trains with rk4 2 steps
+    tr = tiny_trainer(cfg, tmp_path / "run")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = tr.train()
+    rows = [json.loads(line) for line in open(tr.metrics_path)]
+    assert [(r["step"], r.get("solve_steps")) for r in rows if "solve_gap" in r] == [(2, 4), (4, 8), (6, None)]
+    assert tr.model.n_steps == 8 and summary["train_solve_steps"] == 8
+    assert tr.metadata["config"]["flow"]["n_steps"] == 8  # what load_checkpoint builds the model with
+    assert sum("training goes on with" in str(w.message) for w in caught) == 2
+    assert sum("exploiting" in str(w.message) for w in caught) == 1  # at the cap: the plain warning, once
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        part = tiny_trainer(apply_overrides(tiny_config(steps=2), over), tmp_path / "part")
+        part.train()
+        assert part.model.n_steps == 4
+        resumed = tiny_trainer(apply_overrides(tiny_config(steps=6), over), tmp_path / "part")
+        assert resumed.model.n_steps == 2  # built from the config ...
+        resumed.load()
+        assert resumed.model.n_steps == 4  # ... and given back the refined solve by the checkpoint
+        resumed.train()
+    full = [json.loads(line)["loss"] for line in open(tr.metrics_path)]
+    assert [json.loads(line)["loss"] for line in open(resumed.metrics_path)] == pytest.approx(full, abs=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.solve_check_refine=true"], "solve_check_every"),
+    (["train.solve_check_every=10", "train.solve_check_refine=true", "train.solve_check_max_steps=4"],
+     "solve_check_max_steps"),
+])
+def test_config_refuses_refine_without_its_check_or_below_the_solve(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(load_config("configs/lj13.yaml"), overrides if "every" in overrides[0] else
+                        ["train.solve_check_every=0", *overrides])
