@@ -1,6 +1,8 @@
 """One training run from a config: build, train, evaluate, plot, summarize. Used by scripts/train_eq.py."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import warnings
 from pathlib import Path
@@ -161,8 +163,9 @@ def run_training(cfg: Config, out_dir, resume: bool = False, progress: bool = Tr
             trainer.load()
         train_summary = trainer.train()
         if is_ode_model(flow):  # a solve refined in training (train.solve_check_refine) is the model's solve now
-            cfg.flow.solver, cfg.flow.n_steps, cfg.flow.rtol, cfg.flow.atol = (flow.solver, flow.n_steps,
-                                                                               flow.rtol, flow.atol)
+            # (a copy: the caller's config stays as it was given)
+            cfg = dataclasses.replace(cfg, flow=dataclasses.replace(
+                cfg.flow, solver=flow.solver, n_steps=flow.n_steps, rtol=flow.rtol, atol=flow.atol))
         trainer.apply_ema()  # evaluate (and keep in memory) the averaged weights, as the checkpoint does
         summary = {"target": cfg.target.name, **train_summary}
         if not info.is_main:

@@ -120,3 +120,19 @@ def test_config_refuses_refine_without_its_check_or_below_the_solve(overrides, m
     with pytest.raises(ConfigError, match=message):
         apply_overrides(load_config("configs/lj13.yaml"), overrides if "every" in overrides[0] else
                         ["train.solve_check_every=0", *overrides])
+
+
+def test_a_run_evaluates_and_exports_the_refined_solve(tmp_path):
+    """run_training: with eval.n_steps null the evaluation falls back on the refined training solve, and
+    load_checkpoint builds the model with it; the caller's config is left as given."""
+    import eqflow
+    from eqflow.training import run_training
+    cfg = apply_overrides(tiny_config(steps=2), ["train.solve_check_every=2", "train.solve_check_samples=8",
+                                                 "train.solve_check_warn=1e-9", "train.solve_check_refine=true",
+                                                 "eval.n_steps=null"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        summary = run_training(cfg, tmp_path / "run", progress=False)
+    assert summary["train_solve_steps"] == 4 and summary["eval_solver"] == "rk4-4"
+    assert cfg.flow.n_steps == 2
+    assert eqflow.load_checkpoint(tmp_path / "run").model.n_steps == 4
