@@ -273,6 +273,7 @@ class Trainer:
         self._resumed = False
         self._skip_warned = False
         self._solve_warned = False
+        self.last_solve_gap = None  # the latest train.solve_check_every result (nats), for the summary
         self._defer_signals = False
         self._pending_signal = None
         self.dist = dd.dist_info()
@@ -653,6 +654,7 @@ class Trainer:
         if not t.solve_check_every or self.step % t.solve_check_every:
             return {}
         gap = training_solve_gap(self.model, t.solve_check_samples, seed=t.seed + self.step)
+        self.last_solve_gap = gap.get("solve_gap")
         if not gap or not (gap["solve_gap"] > t.solve_check_warn):  # NaN (nothing finite): no action
             return gap
         solve = self.model.solver_settings
@@ -831,7 +833,8 @@ class Trainer:
                 "skipped_steps": self.n_skipped, "dropped_samples": self.n_dropped,
                 "world_size": self.dist.world_size, "energy_evaluations": self.n_energy_evals,
                 "final_temperature": self.energy.temperature,
-                **({"train_solve_steps": int(self.model.n_steps)} if self.settings.solve_check_refine else {})}
+                **({"train_solve_steps": int(self.model.n_steps)} if self.settings.solve_check_refine else {}),
+                **({"train_solve_gap": self.last_solve_gap} if self.last_solve_gap is not None else {})}
 
 
 def _make_ladder(anneal: AnnealConfig | None, total_steps: int) -> TemperatureLadder | None:

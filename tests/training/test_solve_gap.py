@@ -93,6 +93,7 @@ def test_refine_doubles_the_training_solve_up_to_its_cap_and_resume_keeps_it(tmp
     rows = [json.loads(line) for line in open(tr.metrics_path)]
     assert [(r["step"], r.get("solve_steps")) for r in rows if "solve_gap" in r] == [(2, 4), (4, 8), (6, None)]
     assert tr.model.n_steps == 8 and summary["train_solve_steps"] == 8
+    assert summary["train_solve_gap"] == rows[-1]["solve_gap"]  # the last check, in the summary
     assert tr.metadata["config"]["flow"]["n_steps"] == 8  # what load_checkpoint builds the model with
     assert sum("training goes on with" in str(w.message) for w in caught) == 2
     assert sum("exploiting" in str(w.message) for w in caught) == 1  # at the cap: the plain warning, once
