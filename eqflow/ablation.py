@@ -280,6 +280,9 @@ ABLATION_ROWS = [
     ("train_seconds", "training wall time (s)"),
     ("seconds_per_step", "seconds per step"),
     ("steps", "training steps"),
+    ("logq_solver_mae", "log q solver error, evaluation (nats)"),
+    ("train_solve_gap", "training solve vs 2x steps, last check (nats)"),
+    ("train_solve_steps", "training solve steps at the end"),
     ("final_temperature", "final training temperature"),
     ("stop_reason", "stopped by"),
 ]

@@ -37,6 +37,8 @@ COMPARISON_ROWS = [
     ("eval_divergence", "evaluation divergence"),
     ("eval_solver", "evaluation solve"),
     ("logq_solver_mae", "log q solver error (nats)"),
+    ("train_solve_gap", "training solve vs 2x steps, last check (nats)"),
+    ("train_solve_steps", "training solve steps at the end"),
     ("nll", "NLL on MD reference (nats, CoM-free measure)"),
     ("delta_f_reweighted", "ΔF(phi) reweighted (kT)"),
     ("delta_f_reweighted_std", "  bootstrap error (kT)"),
