@@ -18,6 +18,23 @@ __all__ = ["atomic_write", "atomic_savez", "atomic_write_text", "sidecar_paths",
 TEMP_MARKER = ".tmp-"  # temporary names: .<name>.tmp-<pid>-<random><suffix> (see remove_temporary_files)
 
 
+def _keep_as_backup(path: Path, backup: Path) -> None:
+    """Make ``backup`` the current ``path`` while ``path`` stays in place (see :func:`atomic_write`)."""
+    # A moved-away path (the simple way) is missing until the new file lands: a reader in that
+    # window, or a kill there, finds no file at all (a test polling a checkpoint saw exactly that).
+    staged = None
+    try:
+        fd, staged = tempfile.mkstemp(prefix=f".{backup.name}{TEMP_MARKER}{os.getpid()}-", dir=backup.parent)
+        os.close(fd)
+        os.unlink(staged)
+        os.link(path, staged)
+        os.replace(staged, backup)  # atomic: the old backup is replaced, never deleted first
+    except OSError:
+        if staged is not None and os.path.exists(staged):
+            os.unlink(staged)
+        os.replace(path, backup)
+
+
 def atomic_write(path, write: Callable[[str], None], suffix: str = ".tmp", fsync: bool = False,
                  backup=None) -> Path:
     """Write ``path`` through ``write(tmp_path)`` on a temporary file in the same folder, then ``os.replace``.
@@ -33,8 +50,10 @@ def atomic_write(path, write: Callable[[str], None], suffix: str = ".tmp", fsync
         ``.npz``) need it to end with that extension.
     fsync : flush the file (and the folder entry) to disk before and after the replace, so that a
         power loss cannot leave a renamed but empty file (checkpoints).
-    backup : if given and ``path`` exists, it is moved there just before the replace (a fallback
-        copy one write older).
+    backup : if given and ``path`` exists, it becomes this file just before the replace (a fallback
+        one write older). ``path`` itself never goes missing: the backup is a hard link to the old
+        file, and the replace swaps ``path`` over in one step (where the file system has no hard links
+        the old file is moved, and ``path`` is absent between the two renames).
 
     Returns
     -------
@@ -54,7 +73,7 @@ def atomic_write(path, write: Callable[[str], None], suffix: str = ".tmp", fsync
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         if backup is not None and path.exists():
-            os.replace(path, backup)
+            _keep_as_backup(path, Path(backup))
         os.replace(tmp, path)
         if fsync:
             _fsync_dir(path.parent)
