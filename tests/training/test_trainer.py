@@ -96,10 +96,12 @@ def test_killed_run_leaves_loadable_checkpoint(tmp_path):
     ck = tmp_path / "run" / "checkpoint.pt"
     import time
     t0 = time.time()
-    while time.time() - t0 < 120 and not (ck.exists() and read_checkpoint(ck)["step"] >= 3):
-        time.sleep(0.5)
-    proc.kill()
-    proc.wait()
+    try:
+        while time.time() - t0 < 120 and not (ck.exists() and read_checkpoint(ck)["step"] >= 3):
+            time.sleep(0.5)
+    finally:  # a failing poll must not leave the training process running (it trains 100,000 steps)
+        proc.kill()
+        proc.wait()
     gen = load_checkpoint(ck)
     state = read_checkpoint(ck)
     assert state["step"] >= 3
