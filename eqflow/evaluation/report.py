@@ -129,6 +129,20 @@ def evaluate_generator(gen, reference=None, out_dir=None, n_samples: int | None 
     return out
 
 
+def paired_solves(sample, solves, seed: int, device) -> list:
+    """``[(x, log_q), ...]`` (on the CPU) from ``sample(settings)`` for each of ``solves``, every one
+    started from the same RNG seed: the same base points, mixture components and Hutchinson probe, so
+    the results differ by discretization alone. The caller's RNG state is left untouched."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    runs = []
+    for settings in solves:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            x, log_q = sample(settings)
+        runs.append((x.cpu(), log_q.cpu()))
+    return runs
+
+
 def solver_check(gen, n: int, seed: int = 0) -> dict:
     """How far the evaluation's sampling solve is from converged, on the numbers the weights use.
 
@@ -147,14 +161,8 @@ def solver_check(gen, n: int, seed: int = 0) -> dict:
     """
     if n <= 0:
         raise ValueError(f"solver check needs n >= 1 samples, got {n}")
-    devices = [gen.device] if gen.device.type == "cuda" else []
-    runs = []
-    for settings in (gen.solver_settings(), gen.solver_settings(refine=2)):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            x, log_q = gen.sample(n, solver=settings)
-        runs.append((x.cpu(), log_q.cpu()))
-    (x1, lq1), (x2, lq2) = runs
+    (x1, lq1), (x2, lq2) = paired_solves(lambda s: gen.sample(n, solver=s),
+                                         (gen.solver_settings(), gen.solver_settings(refine=2)), seed, gen.device)
     diff = (lq2 - lq1).abs()
     ok = torch.isfinite(diff)
     diff = diff[ok]

@@ -208,12 +208,16 @@ class ContinuousFlow(torch.nn.Module):
             yield self
             return
         saved = self.solver_settings
-        self.solver, self.n_steps, self.rtol, self.atol = (settings.solver, int(settings.n_steps),
-                                                           settings.rtol, settings.atol)
+        self.set_solver(settings)
         try:
             yield self
         finally:
-            self.solver, self.n_steps, self.rtol, self.atol = saved.solver, saved.n_steps, saved.rtol, saved.atol
+            self.set_solver(saved)
+
+    def set_solver(self, settings: SolverSettings) -> None:
+        """Solve with ``settings`` from now on (training refines its solve this way)."""
+        self.solver, self.n_steps, self.rtol, self.atol = (settings.solver, int(settings.n_steps),
+                                                           settings.rtol, settings.atol)
 
     def forward(self, n: int):
         return self.sample(n)

@@ -39,15 +39,15 @@ def training_solve_gap(model, n: int, seed: int = 0, factor: int = 2) -> dict:
     settings = getattr(model, "solver_settings", None)
     if settings is None or not hasattr(model, "using_solver"):
         return {}
-    device = next(model.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    log_qs = []
-    for s in (settings, settings.refined(factor)):
-        with torch.random.fork_rng(devices=devices), model.using_solver(s):
-            torch.manual_seed(seed)
-            _, log_q = model.sample(n)
-        log_qs.append(log_q.detach().double().cpu())
-    diff = (log_qs[1] - log_qs[0]).abs()
+    from ..evaluation.report import paired_solves
+
+    def sample(s):
+        with model.using_solver(s):
+            return model.sample(n)
+
+    (_, lq1), (_, lq2) = paired_solves(sample, (settings, settings.refined(factor)), seed,
+                                       next(model.parameters()).device)
+    diff = (lq2.double() - lq1.double()).abs()
     diff = diff[torch.isfinite(diff)]
     if not len(diff):
         return {"solve_gap": float("nan"), "solve_gap_max": float("nan")}

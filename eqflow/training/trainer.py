@@ -681,7 +681,7 @@ class Trainer:
         the checkpoint (``"train_solve"``) and in the metadata's config, so a resumed run, an export and
         an evaluation that falls back on ``flow.n_steps`` all see the solve the model was trained with."""
         m = self.model
-        m.solver, m.n_steps, m.rtol, m.atol = settings.solver, int(settings.n_steps), settings.rtol, settings.atol
+        m.set_solver(settings)
         flow_cfg = (self.metadata or {}).get("config", {}).get("flow")
         if isinstance(flow_cfg, dict):
             flow_cfg.update(solver=m.solver, n_steps=m.n_steps, rtol=m.rtol, atol=m.atol)
