@@ -58,7 +58,8 @@ def build_field(cfg: Config, dim: int, n_node_features: int, target: Energy | No
                                               f.bond_hops)
         field = PairwiseField(dim=dim, n_node_features=n_node_features, hidden=f.hidden, n_layers=f.n_layers,
                               n_frequencies=f.n_frequencies, n_basis=f.n_basis, r_max=f.r_max,
-                              pair_features=pair_features, gain=f.coord_gain, aggregation=f.coord_aggregation)
+                              pair_features=pair_features, gain=f.coord_gain, aggregation=f.coord_aggregation,
+                              n_env=f.n_env)
     else:
         field = E3NNField(dim=dim, n_node_features=n_node_features, n_scalars=f.n_scalars,
                           hidden_irreps=f.hidden_irreps, n_layers=f.n_layers, lmax=f.lmax, n_basis=f.n_basis,

@@ -60,6 +60,8 @@ class FieldConfig:
     avg_num_neighbors: Optional[float] = None  # e3nn message sum divided by its square root (null: n_atoms - 1)
     e3nn_backend: str = "e3nn"    # e3nn | cueq (cuequivariance-torch, pip install 'eqflow[cueq]')
     length_scale: float = 1.0     # the field sees x / length_scale (molecules in nm: 0.1)
+    n_env: int = 0                # pairwise: environment channels per atom (each atom's smoothed radial
+                                  # distribution; one many-body step, divergence still in closed form; 0: off)
     bond_hops: int = 3            # pairwise, molecules: bond-graph distance 1..bond_hops (and farther) as
                                   # pair features (0: off)
 
@@ -402,6 +404,10 @@ def _validate(cfg: Config) -> None:
     if cfg.train.kl_alpha != 1.0 and cfg.train.kl_gradient == "path":
         raise ConfigError("config key 'train.kl_alpha' < 1 needs train.kl_gradient: total (the path gradient has no "
                           "sample weights)")
+    if int(cfg.field.n_env) != cfg.field.n_env or cfg.field.n_env < 0:
+        raise ConfigError(f"config key 'field.n_env' must be a whole number >= 0, got {cfg.field.n_env!r}")
+    if cfg.field.n_env and cfg.field.kind != "pairwise":
+        raise ConfigError(f"config key 'field.n_env' is for field.kind pairwise, got {cfg.field.kind!r}")
     if cfg.train.budget_minutes is not None and not cfg.train.budget_minutes > 0:
         raise ConfigError(f"config key 'train.budget_minutes' must be positive or null, got {cfg.train.budget_minutes!r}")
     if cfg.train.schedule_clock == "time" and cfg.train.budget_minutes is None:

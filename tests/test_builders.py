@@ -19,6 +19,9 @@ def test_pairwise_configs_build_their_field_with_the_bond_graph():
 
     lj = build_field(load_config("configs/lj55_pairwise.yaml"), dim=3, n_node_features=1)
     assert isinstance(lj, PairwiseField) and lj.pair_features is None
+    env = build_field(apply_overrides(load_config("configs/lj55_pairwise.yaml"), ["field.n_env=6"]), dim=3,
+                      n_node_features=1)
+    assert env.n_env == 6 and env.lin_env.in_features == 12
     cfg = apply_overrides(load_config("configs/ala2_implicit.yaml"),
                           ["field.kind=pairwise", "field.n_layers=1", "target.kwargs.n_workers=0"])
     target = build_target(cfg)  # the real OpenMM system: its mdtraj bond graph gives the pair features

@@ -37,6 +37,10 @@ def test_wrong_types_and_values_are_named():
         config_from_dict({"train": {"jacobian_weight": -0.1}})
     with pytest.raises(ConfigError, match="'eval.solver' must be one of"):
         config_from_dict({"eval": {"solver": "rk45"}})
+    with pytest.raises(ConfigError, match="'field.n_env' is for field.kind pairwise"):
+        config_from_dict({"field": {"n_env": 4}})
+    with pytest.raises(ConfigError, match="'field.n_env' must be a whole number"):
+        config_from_dict({"field": {"kind": "pairwise", "n_env": -1}})
     with pytest.raises(ConfigError, match="'eval.n_steps' must be positive"):
         config_from_dict({"eval": {"n_steps": 0}})
 

@@ -27,8 +27,22 @@ while the converged solve flung particles 1e4 away; the bound keeps the field a 
 Symmetries: ``φ`` is symmetric in ``(i, j)`` (the atom features enter as ``a_i + a_j`` and
 ``a_i ⊙ a_j``), so the pair terms cancel in ``Σ_i v_i`` and the field is mean-free; it is invariant to
 translations and equivariant to rotations, reflections and permutations of atoms with equal
-features. What it cannot express: an atom's velocity depends on the others through pair distances
-only (no many-body messages as in EGNN); the flow composes such steps over time.
+features. What it cannot express (with ``n_env = 0``): an atom's velocity depends on the others through pair
+distances only (no many-body messages as in EGNN); the flow composes such steps over time.
+
+**Environment channels** (``n_env > 0``, one many-body step that keeps the closed form). Each atom gets
+invariant features ``e_i = (1/(N-1)) Σ_{k≠i} g(r_ik)`` (``g``: ``n_env`` Gaussian bumps on ``[0, r_max]``,
+a smoothed radial distribution: coordination, surface or core), and ``φ_ij`` also sees ``e_i + e_j``
+and ``e_i ⊙ e_j``. Now ``φ_ij`` depends on ``x_i`` through ``r_ij``, ``e_i`` and ``e_j``. With
+``G_i = ∇_{x_i} e_i = (1/(N-1)) Σ_k g'(r_ik) x_ik / r_ik`` and ``∇_{x_i} e_j = g'(r_ij) x_ij / (r_ij (N-1))``,
+summing both ordered pairs of each unordered pair ``(a, b)`` (``d = x_a - x_b``, ``r = |d|``):
+
+    ∇·v = Σ_{a<b} [2 (dim φ + r ∂_r φ) + r g'(r)/(N-1) · (∂_{e_a} φ + ∂_{e_b} φ)
+                   + ∂_{e_a} φ · (d · G_a) - ∂_{e_b} φ · (d · G_b)],
+
+with ``∂_r φ``, ``∂_{e_a} φ``, ``∂_{e_b} φ`` the partial derivatives at fixed environment, all three from
+the same single backward pass of ``Σ φ``. A second message-passing step would bring second derivatives
+of the environment into the trace (no longer one pass), so this is where the closed form stops.
 """
 from __future__ import annotations
 
@@ -78,6 +92,12 @@ class GaussianRBF(nn.Module):
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return torch.exp(-0.5 * ((r[..., None] - self.centers.to(r.dtype)) / self.width) ** 2)
 
+    def value_and_derivative(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g [..., n_basis], dg/dr [..., n_basis])`` in closed form (the environment's gradient)."""
+        z = (r[..., None] - self.centers.to(r.dtype)) / self.width
+        g = torch.exp(-0.5 * z ** 2)
+        return g, -g * z / self.width
+
 
 class PairwiseField(nn.Module):
     """E(n)-equivariant pair field ``v_i = Σ_j (x_i - x_j) φ(r_ij, t, h_i, h_j)`` with a closed-form
@@ -99,6 +119,8 @@ class PairwiseField(nn.Module):
     gain : bound on each atom's speed, ``|v_i| <= gain`` (units of the field's input per unit time)
     aggregation : ``"mean"`` divides the pair terms by ``N - 1`` (the bound above); ``"sum"`` does not,
         so one close pair can push as hard as ``gain`` (``|v_i| <= gain·(N - 1)``)
+    n_env : environment channels per atom (module doc; 0: pair terms of distances only). Each costs
+        about ``B·P·dim`` more work and memory in the divergence
 
     Call ``field(t [B], x [B, N, dim], h [B, N, F] or None) -> v [B, N, dim]``;
     ``field.velocity_and_divergence(t, x, h, create_graph) -> (v [B, N, dim], div [B])``.
@@ -109,8 +131,11 @@ class PairwiseField(nn.Module):
 
     def __init__(self, dim: int = 3, n_node_features: int = 0, hidden: int = 64, n_layers: int = 2,
                  n_frequencies: int = 4, n_basis: int = 16, r_max: float = 5.0,
-                 pair_features: torch.Tensor | None = None, gain: float = 1.0, aggregation: str = "mean"):
+                 pair_features: torch.Tensor | None = None, gain: float = 1.0, aggregation: str = "mean",
+                 n_env: int = 0):
         super().__init__()
+        if n_env < 0:
+            raise ValueError(f"n_env must be 0 or more, got {n_env}")
         if not gain > 0:
             raise ValueError(f"gain must be positive, got {gain}")
         if aggregation not in ("mean", "sum"):
@@ -126,6 +151,9 @@ class PairwiseField(nn.Module):
         self.lin_r = nn.Linear(n_basis, hidden)
         self.lin_t = nn.Linear(self.time_embedding.out_features, hidden, bias=False)
         self.lin_pair = nn.Linear(2 * self.n_node_features, hidden, bias=False) if self.n_node_features else None
+        self.n_env = int(n_env)
+        self.env_rbf = GaussianRBF(r_max, self.n_env) if self.n_env else None
+        self.lin_env = nn.Linear(2 * self.n_env, hidden, bias=False) if self.n_env else None
         if pair_features is not None:
             pf = torch.as_tensor(pair_features, dtype=torch.get_default_dtype())
             if pf.dim() != 3 or pf.shape[0] != pf.shape[1] or not torch.equal(pf, pf.transpose(0, 1)):
@@ -145,10 +173,15 @@ class PairwiseField(nn.Module):
         nn.init.zeros_(last.bias)
         self.mlp = nn.Sequential(*layers, nn.SiLU(), last)
 
-    def _phi(self, t: torch.Tensor, r: torch.Tensor, h: torch.Tensor | None, pairs) -> torch.Tensor:
-        """``φ`` ``[B, P]`` of the pairs ``i < j`` from their distances ``r`` ``[B, P]``."""
+    def _phi(self, t: torch.Tensor, r: torch.Tensor, h: torch.Tensor | None, pairs,
+             env: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``φ`` ``[B, P]`` of the pairs ``i < j`` from their distances ``r`` ``[B, P]`` (and the
+        environments ``(e_i, e_j)``, each ``[B, P, n_env]``, of their two atoms)."""
         n = pairs[2]
         pre = self.lin_r(self.rbf(r)) + self.lin_t(self.time_embedding(t))[:, None, :]
+        if env is not None:
+            ei, ej = env
+            pre = pre + self.lin_env(torch.cat([ei + ej, ei * ej], dim=-1))
         if check_node_features(h, n, self.n_node_features):
             hi, hj = h.to(r.dtype)[:, pairs[0]], h.to(r.dtype)[:, pairs[1]]
             pre = pre + self.lin_pair(torch.cat([hi + hj, hi * hj], dim=-1))
@@ -173,6 +206,13 @@ class PairwiseField(nn.Module):
         # training like any other non-finite one.
         return diff, diff.pow(2).sum(-1).sqrt(), pairs
 
+    def _environment(self, r: torch.Tensor, pairs):
+        """``(e [B, N, n_env], g'(r) [B, P, n_env])``: each atom's mean of ``g`` over the others."""
+        i, j, n = pairs
+        g, dg = self.env_rbf.value_and_derivative(r)
+        env = g.new_zeros(g.shape[0], n, self.n_env).index_add(1, i, g).index_add(1, j, g)
+        return env / max(n - 1, 1), dg
+
     @staticmethod
     def _velocity(diff: torch.Tensor, phi: torch.Tensor, pairs) -> torch.Tensor:
         """``v_i = Σ_{j>i} x_ij φ_ij - Σ_{j<i} x_ji φ_ji`` ``[B, N, dim]`` (mean-free by construction)."""
@@ -184,7 +224,11 @@ class PairwiseField(nn.Module):
     def forward(self, t: torch.Tensor, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         t = check_field_inputs(t, x, self.dim)
         diff, r, pairs = self._pairs(x)
-        return self._velocity(diff, self._phi(t, r, h, pairs), pairs)
+        env = None
+        if self.n_env:
+            e, _ = self._environment(r, pairs)
+            env = (e[:, pairs[0]], e[:, pairs[1]])
+        return self._velocity(diff, self._phi(t, r, h, pairs, env), pairs)
 
     def velocity_and_divergence(self, t: torch.Tensor, x: torch.Tensor, h: torch.Tensor | None = None,
                                 create_graph: bool = False):
@@ -198,11 +242,36 @@ class PairwiseField(nn.Module):
             diff, r, pairs = self._pairs(x)
             if not r.requires_grad:  # evaluation without a graph: r is the leaf of the derivative
                 r = r.detach().requires_grad_(True)
-            phi = self._phi(t, r, h, pairs)
-            (dphi_dr,) = torch.autograd.grad(phi.sum(), r, create_graph=create_graph)
+            if not self.n_env:
+                phi = self._phi(t, r, h, pairs)
+                (dphi_dr,) = torch.autograd.grad(phi.sum(), r, create_graph=create_graph)
+                extra = 0.0
+            else:
+                phi, dphi_dr, extra = self._phi_with_environment_terms(t, diff, r, h, pairs, create_graph)
             v = self._velocity(diff, phi, pairs)
             # Both ordered pairs (i, j) and (j, i) contribute dim·φ + r ∂φ/∂r: twice each unordered one.
-            div = 2.0 * (self.dim * phi + r * dphi_dr).sum(1)
+            div = 2.0 * (self.dim * phi + r * dphi_dr).sum(1) + extra
         if not create_graph:
             v, div = v.detach(), div.detach()
         return v, div
+
+    def _phi_with_environment_terms(self, t, diff, r, h, pairs, create_graph):
+        """``(φ [B, P], ∂_r φ [B, P], environment terms of the divergence [B])`` (module doc)."""
+        i, j, n = pairs
+        norm = max(n - 1, 1)
+        # The environment from its own copy of the distances: the gradient of Σφ with respect to r
+        # is then the partial derivative at fixed environment, as the closed form needs.
+        r_env = diff.pow(2).sum(-1).sqrt()
+        e, dg = self._environment(r_env, pairs)
+        ei, ej = e[:, i], e[:, j]
+        if not ei.requires_grad:  # evaluation without a graph: leaves of the derivative
+            ei, ej = ei.detach().requires_grad_(True), ej.detach().requires_grad_(True)
+        phi = self._phi(t, r, h, pairs, (ei, ej))
+        dphi_dr, dphi_dei, dphi_dej = torch.autograd.grad(phi.sum(), (r, ei, ej), create_graph=create_graph)
+        # G_a = ∇_{x_a} e_a = (1/(N-1)) Σ_k g'(r_ak) x_ak / r_ak  [B, N, n_env, dim]
+        term = dg[..., None] * (diff / r_env[..., None])[:, :, None, :] / norm
+        grad_env = term.new_zeros(term.shape[0], n, self.n_env, self.dim).index_add(1, i, term).index_add(1, j, -term)
+        proj_i = (diff[:, :, None, :] * grad_env[:, i]).sum(-1)  # d · G_a  [B, P, n_env]
+        proj_j = (diff[:, :, None, :] * grad_env[:, j]).sum(-1)  # d · G_b
+        extra = (r_env[..., None] * dg / norm * (dphi_dei + dphi_dej) + dphi_dei * proj_i - dphi_dej * proj_j)
+        return phi, dphi_dr, extra.sum((1, 2))

@@ -15,6 +15,9 @@ def make_field(kind, dim=3, n_features=3):
         field = EGNNField(dim=dim, n_node_features=n_features, hidden=16, n_layers=3)
     elif kind == "pairwise":
         field = PairwiseField(dim=dim, n_node_features=n_features, hidden=16, n_layers=2, n_basis=8, r_max=3.0)
+    elif kind == "pairwise-env":  # with environment channels (one many-body step)
+        field = PairwiseField(dim=dim, n_node_features=n_features, hidden=16, n_layers=2, n_basis=8, r_max=3.0,
+                              n_env=4, aggregation="sum")
     else:
         field = E3NNField(n_node_features=n_features, n_scalars=8, hidden_irreps="8x0e + 4x1o + 2x2e",
                           n_layers=2, n_basis=6, r_max=4.0, radial_hidden=16)
@@ -29,7 +32,7 @@ def features(b):
     return torch.nn.functional.one_hot(TYPES, 3).double()[None].expand(b, -1, -1)
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise", "pairwise-env"])
 def test_e3_equivariance_float64(float64, kind):
     field = make_field(kind)
     b = 4
@@ -53,7 +56,7 @@ def test_egnn_2d_orthogonal_and_translation(float64):
     assert (v_rot - v @ q.transpose(1, 2)).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise", "pairwise-env"])
 def test_permutation_of_same_type_atoms(float64, kind):
     field = make_field(kind)
     x, t, h = torch.randn(3, N_ATOMS, 3), torch.rand(3), features(3)
@@ -63,7 +66,7 @@ def test_permutation_of_same_type_atoms(float64, kind):
     assert (field(t, x[:, perm], h) - v[:, perm]).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise", "pairwise-env"])
 def test_output_mean_free_and_trace_equals_subspace_divergence(float64, kind):
     field = make_field(kind)
     x = remove_mean(torch.randn(1, N_ATOMS, 3))
@@ -84,7 +87,7 @@ def test_e3nn_rejects_2d():
         E3NNField(dim=2)
 
 
-@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise"])
+@pytest.mark.parametrize("kind", ["egnn", "e3nn", "pairwise", "pairwise-env"])
 def test_bad_shapes_named(kind):
     field = make_field(kind)
     with pytest.raises(ValueError, match=r"\[batch, n_atoms, dim\]"):
@@ -125,8 +128,9 @@ def test_egnn_sum_aggregation_equivariant_and_checked(float64):
 
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_pairwise_closed_form_divergence_equals_the_jacobian_trace(float64, dim, scaled):
-    field = make_field("pairwise", dim=dim)
+@pytest.mark.parametrize("kind", ["pairwise", "pairwise-env"])
+def test_pairwise_closed_form_divergence_equals_the_jacobian_trace(float64, dim, scaled, kind):
+    field = make_field(kind, dim=dim)
     if scaled:
         field = ScaledField(field, 0.1)  # molecules in nm: the scale cancels in the divergence
     b = 3
@@ -141,8 +145,9 @@ def test_pairwise_closed_form_divergence_equals_the_jacobian_trace(float64, dim,
         assert div[i].item() == pytest.approx(torch.trace(jac).item(), rel=1e-10, abs=1e-10)
 
 
-def test_pairwise_divergence_keeps_the_graph_for_training(float64):
-    field = make_field("pairwise")
+@pytest.mark.parametrize("kind", ["pairwise", "pairwise-env"])
+def test_pairwise_divergence_keeps_the_graph_for_training(float64, kind):
+    field = make_field(kind)
     x, t, h = torch.randn(2, N_ATOMS, 3, requires_grad=True), torch.rand(2), features(2)
     _, div = field.velocity_and_divergence(t, x, h, create_graph=True)
     grads = torch.autograd.grad(div.sum(), [x, *field.parameters()], allow_unused=True)
@@ -190,8 +195,10 @@ def test_pairwise_field_with_pair_features_divergence_and_permutations(float64):
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "sum"])
-def test_pairwise_speed_is_bounded_by_the_gain_whatever_the_weights(float64, aggregation):
-    field = PairwiseField(dim=3, hidden=8, n_layers=1, n_basis=4, r_max=3.0, gain=0.5, aggregation=aggregation)
+@pytest.mark.parametrize("n_env", [0, 3])
+def test_pairwise_speed_is_bounded_by_the_gain_whatever_the_weights(float64, aggregation, n_env):
+    field = PairwiseField(dim=3, hidden=8, n_layers=1, n_basis=4, r_max=3.0, gain=0.5, aggregation=aggregation,
+                          n_env=n_env)
     with torch.no_grad():
         for p in field.parameters():
             p.mul_(0.0).add_(50.0 * torch.randn_like(p))  # huge weights: tanh saturates
@@ -204,3 +211,36 @@ def test_pairwise_speed_is_bounded_by_the_gain_whatever_the_weights(float64, agg
     assert torch.isfinite(div).all()
     with pytest.raises(ValueError, match="aggregation"):
         PairwiseField(aggregation="max")
+    with pytest.raises(ValueError, match="n_env"):
+        PairwiseField(n_env=-1)
+
+
+def test_pairwise_environment_is_each_atoms_smoothed_radial_distribution(float64):
+    """The environment channels by hand, and a field that reads them: the same pair at the same distance
+    moves differently when a third atom comes close to one end of it (what n_env = 0 cannot do)."""
+    field = PairwiseField(dim=2, hidden=8, n_layers=1, n_basis=4, r_max=3.0, n_env=3, aggregation="sum")
+    x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])
+    diff, r, pairs = field._pairs(x)
+    env, _ = field._environment(r, pairs)
+    centers, width = torch.tensor([0.0, 1.5, 3.0]), 1.5
+    g = lambda d: torch.exp(-0.5 * ((d - centers) / width) ** 2)  # noqa: E731
+    d01, d02, d12 = 1.0, 2.0, 5.0 ** 0.5
+    expected = torch.stack([g(d01) + g(d02), g(d01) + g(d12), g(d02) + g(d12)]) / 2
+    assert torch.allclose(env[0], expected, atol=1e-12)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.add_(0.5 * torch.randn_like(p, generator=torch.Generator().manual_seed(2)))
+    far = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]])  # atom 2 moved away: pair (0, 1) unchanged
+    plain = PairwiseField(dim=2, hidden=8, n_layers=1, n_basis=4, r_max=3.0, aggregation="sum")
+    t = torch.tensor([0.5])
+
+    def phi_01(f, y):  # φ of the pair (0, 1), the first of the pairs i < j
+        diff, r, pairs = f._pairs(y)
+        env = None
+        if f.n_env:
+            e = f._environment(r, pairs)[0]
+            env = (e[:, pairs[0]], e[:, pairs[1]])
+        return f._phi(t, r, None, pairs, env)[0, 0]
+
+    assert phi_01(plain, x) == phi_01(plain, far)
+    assert (phi_01(field, x) - phi_01(field, far)).abs() > 1e-6
