@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared device check (about 3 minutes on one GPU): the e3nn field's cuequivariance backend
+# One prepared device check (about 10 minutes on one GPU): the e3nn field's cuequivariance backend
 # against the e3nn path on CUDA, then EGNN vs e3nn (vs cueq) field costs at LJ13/alanine/LJ55 sizes.
 # Run from the repository root on a machine with CUDA, torch, e3nn and torchdiffeq. cuequivariance
 # wheels (cuequivariance, cuequivariance-torch) may come in .whl/ (the device tool carries them);
@@ -44,4 +44,10 @@ PY
 echo "== field costs on the GPU (batch 64; ms are medians)"
 timeout 120 $PY scripts/bench_fields.py --device cuda --systems lj13 ala2 lj55 --reps 5 \
   $($PY -c "from eqflow.nn import cueq_available; print('--cueq' if cueq_available() else '')")
+echo "== LJ55 data-free on the GPU: pair field with environment channels, 5 minutes (issue 10, item 4)"
+# The CPU runs (docs/results.md, "Environment channels") make ~200-400 steps an hour here; this shows
+# how far the same config gets per minute on a GPU at a 4x larger batch, evaluated exactly.
+timeout 540 $PY scripts/train_eq.py --config configs/lj55_pairwise.yaml --device cuda --out "$OUT/lj55_env8" \
+  --set field.n_env=8 train.batch_size=256 train.budget_minutes=5 train.ema_decay=0.99 eval.n_steps=32 \
+  eval.batch_size=1000 | grep -v "it/s"
 echo "== done"
