@@ -227,9 +227,10 @@ def test_pairwise_environment_is_each_atoms_smoothed_radial_distribution(float64
     d01, d02, d12 = 1.0, 2.0, 5.0 ** 0.5
     expected = torch.stack([g(d01) + g(d02), g(d01) + g(d12), g(d02) + g(d12)]) / 2
     assert torch.allclose(env[0], expected, atol=1e-12)
+    gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in field.parameters():
-            p.add_(0.5 * torch.randn_like(p, generator=torch.Generator().manual_seed(2)))
+            p.add_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     far = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]])  # atom 2 moved away: pair (0, 1) unchanged
     plain = PairwiseField(dim=2, hidden=8, n_layers=1, n_basis=4, r_max=3.0, aggregation="sum")
     t = torch.tensor([0.5])
