@@ -37,13 +37,15 @@ class DivergenceCase:
     exact_row_chunk: int | str | None = "auto"  # exact: rows per block of field + divergence (None: all)
     compile: bool = False  # torch.compile the field (the warm-up absorbs the compilation)
     field: str = "egnn"  # "egnn" (hidden, n_layers) | "pairwise" (PairwiseField, one hidden layer of width hidden)
+    n_env: int = 0  # pairwise: environment channels (PairwiseField n_env)
 
     @property
     def mode(self) -> str:
         """Column label: ``exact-loop``, ``exact-batched``, ``hutchinson`` (``+compile``), or
-        ``exact-closed`` for the pair field's closed-form divergence."""
+        ``exact-closed`` for the pair field's closed-form divergence (``exact-closed-envK`` with K
+        environment channels)."""
         if self.field == "pairwise":
-            return "exact-closed" + ("+compile" if self.compile else "")
+            return "exact-closed" + (f"-env{self.n_env}" if self.n_env else "") + ("+compile" if self.compile else "")
         name = f"exact-{self.exact_method}" if self.divergence == "exact" else self.divergence
         return name + ("+compile" if self.compile else "")
 
@@ -64,7 +66,7 @@ def run_case(case: DivergenceCase) -> dict:
     device = torch.device(case.device)
     cuda = device.type == "cuda"
     if case.field == "pairwise":
-        field = PairwiseField(dim=case.dim, hidden=case.hidden, n_layers=1).to(device)
+        field = PairwiseField(dim=case.dim, hidden=case.hidden, n_layers=1, n_env=case.n_env).to(device)
     else:
         field = EGNNField(dim=case.dim, hidden=case.hidden, n_layers=case.n_layers).to(device)
     if case.compile:

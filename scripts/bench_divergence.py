@@ -33,6 +33,7 @@ def main():
     p.add_argument("--steps", type=int, default=20, help="rk4 steps per solve")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--n-env", type=int, default=0, help="exact-closed: the pair field's environment channels")
     p.add_argument("--memory-mode", default="adjoint", choices=["adjoint", "checkpoint", "none"])
     p.add_argument("--exact-micro-batch", type=int, default=16,
                    help="exact reverse-KL accumulates gradients over chunks of this size (its graph holds "
@@ -58,7 +59,8 @@ def main():
                                           args.memory_mode, micro, device=args.device,
                                           exact_method="loop" if closed else (name.partition("-")[2] or "loop"),
                                           exact_chunk_size=args.chunk_size, exact_row_chunk=row_chunk,
-                                          compile=extra == "compile", field="pairwise" if closed else "egnn")
+                                          compile=extra == "compile", field="pairwise" if closed else "egnn",
+                                          n_env=args.n_env if closed else 0)
                     r = run_isolated(case, args.timeout)
                     rows.append(r)
                     status = r.get("error") or f"{r['wall_s']:.2f} s, {r['peak_gb']:.2f} GB"

@@ -5,7 +5,9 @@ def test_divergence_cases_measure_and_tabulate():
     rows = [run_case(DivergenceCase(4, 2, 3, div, "sample", n_steps=1, hidden=8, n_layers=1, exact_method=m))
             for div, m in (("exact", "loop"), ("exact", "batched"), ("hutchinson", "loop"))]
     rows.append(run_case(DivergenceCase(4, 2, 3, "exact", "revkl", n_steps=1, hidden=8, field="pairwise")))
-    assert [r["mode"] for r in rows] == ["exact-loop", "exact-batched", "hutchinson", "exact-closed"]
+    rows.append(run_case(DivergenceCase(4, 2, 3, "exact", "sample", n_steps=1, hidden=8, field="pairwise", n_env=2)))
+    assert [r["mode"] for r in rows] == ["exact-loop", "exact-batched", "hutchinson", "exact-closed",
+                                         "exact-closed-env2"]
     assert all(r["finite"] and r["wall_s"] > 0 for r in rows)
     rows.append(dict(rows[0], batch=5, mode="exact-batched", error="timeout after 1 s"))
     table = format_table(rows)
