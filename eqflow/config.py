@@ -404,7 +404,7 @@ def _validate(cfg: Config) -> None:
     if cfg.train.kl_alpha != 1.0 and cfg.train.kl_gradient == "path":
         raise ConfigError("config key 'train.kl_alpha' < 1 needs train.kl_gradient: total (the path gradient has no "
                           "sample weights)")
-    if int(cfg.field.n_env) != cfg.field.n_env or cfg.field.n_env < 0:
+    if cfg.field.n_env < 0:  # (an int already: the loader checks the type)
         raise ConfigError(f"config key 'field.n_env' must be a whole number >= 0, got {cfg.field.n_env!r}")
     if cfg.field.n_env and cfg.field.kind != "pairwise":
         raise ConfigError(f"config key 'field.n_env' is for field.kind pairwise, got {cfg.field.kind!r}")

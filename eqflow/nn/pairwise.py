@@ -206,12 +206,13 @@ class PairwiseField(nn.Module):
         # training like any other non-finite one.
         return diff, diff.pow(2).sum(-1).sqrt(), pairs
 
-    def _environment(self, r: torch.Tensor, pairs):
-        """``(e [B, N, n_env], g'(r) [B, P, n_env])``: each atom's mean of ``g`` over the others."""
+    def _environment(self, r: torch.Tensor, pairs, derivative: bool = False):
+        """The environments of each pair's two atoms, ``(e_i, e_j)``, each ``[B, P, n_env]`` (every atom's
+        mean of ``g`` over the others); with ``derivative``, also ``g'(r)`` ``[B, P, n_env]``."""
         i, j, n = pairs
-        g, dg = self.env_rbf.value_and_derivative(r)
-        env = g.new_zeros(g.shape[0], n, self.n_env).index_add(1, i, g).index_add(1, j, g)
-        return env / max(n - 1, 1), dg
+        g, dg = self.env_rbf.value_and_derivative(r) if derivative else (self.env_rbf(r), None)
+        env = g.new_zeros(g.shape[0], n, self.n_env).index_add(1, i, g).index_add(1, j, g) / max(n - 1, 1)
+        return ((env[:, i], env[:, j]), dg) if derivative else (env[:, i], env[:, j])
 
     @staticmethod
     def _velocity(diff: torch.Tensor, phi: torch.Tensor, pairs) -> torch.Tensor:
@@ -224,10 +225,7 @@ class PairwiseField(nn.Module):
     def forward(self, t: torch.Tensor, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         t = check_field_inputs(t, x, self.dim)
         diff, r, pairs = self._pairs(x)
-        env = None
-        if self.n_env:
-            e, _ = self._environment(r, pairs)
-            env = (e[:, pairs[0]], e[:, pairs[1]])
+        env = self._environment(r, pairs) if self.n_env else None
         return self._velocity(diff, self._phi(t, r, h, pairs, env), pairs)
 
     def velocity_and_divergence(self, t: torch.Tensor, x: torch.Tensor, h: torch.Tensor | None = None,
@@ -262,8 +260,7 @@ class PairwiseField(nn.Module):
         # The environment from its own copy of the distances: the gradient of Σφ with respect to r
         # is then the partial derivative at fixed environment, as the closed form needs.
         r_env = diff.pow(2).sum(-1).sqrt()
-        e, dg = self._environment(r_env, pairs)
-        ei, ej = e[:, i], e[:, j]
+        (ei, ej), dg = self._environment(r_env, pairs, derivative=True)
         if not ei.requires_grad:  # evaluation without a graph: leaves of the derivative
             ei, ej = ei.detach().requires_grad_(True), ej.detach().requires_grad_(True)
         phi = self._phi(t, r, h, pairs, (ei, ej))

@@ -221,12 +221,13 @@ def test_pairwise_environment_is_each_atoms_smoothed_radial_distribution(float64
     field = PairwiseField(dim=2, hidden=8, n_layers=1, n_basis=4, r_max=3.0, n_env=3, aggregation="sum")
     x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])
     diff, r, pairs = field._pairs(x)
-    env, _ = field._environment(r, pairs)
+    ei, ej = field._environment(r, pairs)  # pairs (0, 1), (0, 2), (1, 2)
+    env = torch.stack([ei[0, 0], ej[0, 0], ej[0, 2]])  # atoms 0, 1, 2
     centers, width = torch.tensor([0.0, 1.5, 3.0]), 1.5
     g = lambda d: torch.exp(-0.5 * ((d - centers) / width) ** 2)  # noqa: E731
     d01, d02, d12 = 1.0, 2.0, 5.0 ** 0.5
     expected = torch.stack([g(d01) + g(d02), g(d01) + g(d12), g(d02) + g(d12)]) / 2
-    assert torch.allclose(env[0], expected, atol=1e-12)
+    assert torch.allclose(env, expected, atol=1e-12)
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in field.parameters():
@@ -237,11 +238,7 @@ def test_pairwise_environment_is_each_atoms_smoothed_radial_distribution(float64
 
     def phi_01(f, y):  # φ of the pair (0, 1), the first of the pairs i < j
         diff, r, pairs = f._pairs(y)
-        env = None
-        if f.n_env:
-            e = f._environment(r, pairs)[0]
-            env = (e[:, pairs[0]], e[:, pairs[1]])
-        return f._phi(t, r, None, pairs, env)[0, 0]
+        return f._phi(t, r, None, pairs, f._environment(r, pairs) if f.n_env else None)[0, 0]
 
     assert phi_01(plain, x) == phi_01(plain, far)
     assert (phi_01(field, x) - phi_01(field, far)).abs() > 1e-6
